@@ -1,0 +1,190 @@
+//! Attention family on the CPU: causal multi-head attention with the
+//! flash-attention contract, so it is the oracle of `kernels/attention.cu`.
+//!
+//! Forward writes `O` and the row logsumexp `lse` of the scaled, masked
+//! scores; backward recomputes `P = exp(S * scale - lse)` from Q, K and `lse`
+//! (it never reads a stored P), then `dV = P^T dO`, `dP = dO V^T`,
+//! `D_i = rowsum(dO * O)`, `dS = P * (dP - D)`, `dQ = scale * dS K`,
+//! `dK = scale * dS^T Q`. Each (batch, head) pair is one task writing its own
+//! columns, so results do not depend on the thread count. The inner products
+//! run through `gemm` on strided views of the packed `qkv` (no copies).
+//!
+//! # Shapes
+//! `qkv`: `[B*T, 3*D]` with `D = H*hd` (q | k | v; head `h` at columns
+//! `h*hd..(h+1)*hd` of each third); `out`: `[B*T, D]`; `lse`: `[B, H, T]`.
+
+use rayon::prelude::*;
+
+use super::SendPtr;
+
+/// `dst (=|+=) alpha-free beta * lhs @ rhs` on raw strided views, single
+/// threaded (the caller parallelizes over heads).
+///
+/// # Safety
+/// Every pointer with its strides must address valid memory for the given
+/// extents, and `dst` must not alias `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_view(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        0.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// Scaled, causally masked probabilities of one head: `p[i, j] = exp(s_ij *
+/// scale - lse_i)` for `j <= i`, 0 above the diagonal. `s` holds raw `QK^T`
+/// on entry. Returns nothing; if `lse_out` is given it is filled (forward),
+/// else `lse_in` is used (backward recomputation).
+fn causal_probs(s: &mut [f32], t: usize, scale: f32, lse_out: Option<&mut [f32]>, lse_in: &[f32]) {
+    match lse_out {
+        Some(lse) => {
+            for i in 0..t {
+                let row = &mut s[i * t..(i + 1) * t];
+                let mut max = f32::NEG_INFINITY;
+                for v in row[..=i].iter_mut() {
+                    *v *= scale;
+                    max = max.max(*v);
+                }
+                let mut sum = 0.0f32;
+                for v in row[..=i].iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                let inv = 1.0 / sum;
+                for v in row[..=i].iter_mut() {
+                    *v *= inv;
+                }
+                row[i + 1..].fill(0.0);
+                lse[i] = max + sum.ln();
+            }
+        }
+        None => {
+            for i in 0..t {
+                let row = &mut s[i * t..(i + 1) * t];
+                let l = lse_in[i];
+                for v in row[..=i].iter_mut() {
+                    *v = (*v * scale - l).exp();
+                }
+                row[i + 1..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Forward: `out` and `lse` from packed `qkv`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], qkv: &[f32], b: usize, t: usize, h: usize, hd: usize) {
+    let d = h * hd;
+    assert!(qkv.len() >= b * t * 3 * d && out.len() >= b * t * d && lse.len() >= b * h * t, "attention_fwd: buffers too small");
+    let scale = 1.0 / (hd as f32).sqrt();
+    let outp = SendPtr(out.as_mut_ptr());
+    lse[..b * h * t].par_chunks_mut(t).enumerate().for_each(|(bh, lse_row)| {
+        let (bi, hi) = (bh / h, bh % h);
+        let base = bi * t * 3 * d + hi * hd;
+        let q = qkv[base..].as_ptr();
+        let k = qkv[base + d..].as_ptr();
+        let v = qkv[base + 2 * d..].as_ptr();
+        let mut s = vec![0.0f32; t * t];
+        let o = outp;
+        // SAFETY: q/k/v rows are t rows of stride 3d inside qkv (asserted);
+        // each task writes only its own head's columns of `out`.
+        unsafe {
+            gemm_view(t, t, hd, s.as_mut_ptr(), t, q, 3 * d as isize, 1, k, 1, 3 * d as isize, 1.0);
+            causal_probs(&mut s, t, scale, Some(lse_row), &[]);
+            let dst = o.0.add(bi * t * d + hi * hd);
+            gemm_view(t, hd, t, dst, d, s.as_ptr(), t as isize, 1, v, 3 * d as isize, 1, 1.0);
+        }
+    });
+}
+
+/// Backward: `dqkv` (`=`) from `dout`, recomputing P from `qkv` and `lse`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    b: usize,
+    t: usize,
+    h: usize,
+    hd: usize,
+) {
+    let d = h * hd;
+    assert!(
+        dqkv.len() >= b * t * 3 * d && dout.len() >= b * t * d && out.len() >= b * t * d && lse.len() >= b * h * t,
+        "attention_bwd: buffers too small"
+    );
+    let scale = 1.0 / (hd as f32).sqrt();
+    let dp = SendPtr(dqkv.as_mut_ptr());
+    (0..b * h).into_par_iter().for_each(|bh| {
+        let (bi, hi) = (bh / h, bh % h);
+        let base = bi * t * 3 * d + hi * hd;
+        let obase = bi * t * d + hi * hd;
+        let q = qkv[base..].as_ptr();
+        let k = qkv[base + d..].as_ptr();
+        let v = qkv[base + 2 * d..].as_ptr();
+        let dop = dout[obase..].as_ptr();
+        let mut p = vec![0.0f32; t * t];
+        let mut ds = vec![0.0f32; t * t];
+        let dq_ptr = dp;
+        // SAFETY: as in the forward pass; each task writes only the q, k and
+        // v columns of its own head in `dqkv`.
+        unsafe {
+            gemm_view(t, t, hd, p.as_mut_ptr(), t, q, 3 * d as isize, 1, k, 1, 3 * d as isize, 1.0);
+            causal_probs(&mut p, t, scale, None, &lse[bh * t..(bh + 1) * t]);
+            // dV = P^T dO
+            let dv = dq_ptr.0.add(base + 2 * d);
+            gemm_view(t, hd, t, dv, 3 * d, p.as_ptr(), 1, t as isize, dop, d as isize, 1, 1.0);
+            // dP = dO V^T
+            gemm_view(t, t, hd, ds.as_mut_ptr(), t, dop, d as isize, 1, v, 1, 3 * d as isize, 1.0);
+            // dS = P * (dP - D_i), D_i = rowsum(dO * O)
+            for i in 0..t {
+                let o_row = &out[obase + i * d..obase + i * d + hd];
+                let do_row = &dout[obase + i * d..obase + i * d + hd];
+                let di: f32 = o_row.iter().zip(do_row).map(|(a, b)| a * b).sum();
+                let prow = &p[i * t..(i + 1) * t];
+                let srow = &mut ds[i * t..(i + 1) * t];
+                for j in 0..=i {
+                    srow[j] = prow[j] * (srow[j] - di);
+                }
+                srow[i + 1..].fill(0.0);
+            }
+            // dQ = scale * dS K, dK = scale * dS^T Q
+            let dq = dq_ptr.0.add(base);
+            gemm_view(t, hd, t, dq, 3 * d, ds.as_ptr(), t as isize, 1, k, 3 * d as isize, 1, scale);
+            let dk = dq_ptr.0.add(base + d);
+            gemm_view(t, hd, t, dk, 3 * d, ds.as_ptr(), 1, t as isize, q, 3 * d as isize, 1, scale);
+        }
+    });
+}

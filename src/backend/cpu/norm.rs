@@ -1,0 +1,92 @@
+//! Norm family on the CPU: LayerNorm over the last dimension, eps 1e-5, with
+//! affine weight and bias. Statistics in f32, saved for the backward pass as
+//! `mean` and `rstd = 1/sqrt(var + eps)` (biased variance, as PyTorch).
+
+use rayon::prelude::*;
+
+use super::reduce_rows;
+
+/// LayerNorm epsilon (DESIGN.md §2).
+pub const EPS: f32 = 1e-5;
+
+/// `out = (x - mean) * rstd * w + b` per row.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_fwd(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    rows: usize,
+    c: usize,
+) {
+    out[..rows * c]
+        .par_chunks_mut(c)
+        .zip(mean[..rows].par_iter_mut())
+        .zip(rstd[..rows].par_iter_mut())
+        .enumerate()
+        .for_each(|(r, ((o, m), s))| {
+            let xr = &x[r * c..(r + 1) * c];
+            let mu = xr.iter().sum::<f32>() / c as f32;
+            let var = xr.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+            let rs = 1.0 / (var + EPS).sqrt();
+            for i in 0..c {
+                o[i] = (xr[i] - mu) * rs * w[i] + b[i];
+            }
+            *m = mu;
+            *s = rs;
+        });
+}
+
+/// LayerNorm backward: `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))`
+/// with `g = dout * w`; `dw += sum_r dout * xhat`; `db += sum_r dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    rows: usize,
+    c: usize,
+) {
+    dx[..rows * c].par_chunks_mut(c).enumerate().for_each(|(r, dxr)| {
+        let xr = &x[r * c..(r + 1) * c];
+        let gr = &dout[r * c..(r + 1) * c];
+        let (mu, rs) = (mean[r], rstd[r]);
+        let mut mean_g = 0.0f32;
+        let mut mean_gx = 0.0f32;
+        for i in 0..c {
+            let g = gr[i] * w[i];
+            mean_g += g;
+            mean_gx += g * (xr[i] - mu) * rs;
+        }
+        mean_g /= c as f32;
+        mean_gx /= c as f32;
+        for i in 0..c {
+            let xhat = (xr[i] - mu) * rs;
+            dxr[i] += rs * (gr[i] * w[i] - mean_g - xhat * mean_gx);
+        }
+    });
+    let mut dwb = vec![0.0f32; 2 * c];
+    reduce_rows(&mut dwb, rows, |range, part| {
+        let (pw, pb) = part.split_at_mut(c);
+        for r in range {
+            let xr = &x[r * c..(r + 1) * c];
+            let gr = &dout[r * c..(r + 1) * c];
+            let (mu, rs) = (mean[r], rstd[r]);
+            for i in 0..c {
+                pw[i] += gr[i] * (xr[i] - mu) * rs;
+                pb[i] += gr[i];
+            }
+        }
+    });
+    for i in 0..c {
+        dw[i] += dwb[i];
+        db[i] += dwb[c + i];
+    }
+}

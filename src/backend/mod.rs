@@ -1,0 +1,419 @@
+//! The backend trait: the op set the model is written against.
+//!
+//! Every op of DESIGN.md §4 appears here once, grouped by family (matmul,
+//! attention, router, dispatch, norm, activation, embedding, loss, optim). The
+//! model code in `crate::model` only calls these methods, so a device backend
+//! slots in without touching it. [`cpu::Cpu`] is the f32 reference
+//! implementation and the oracle for every kernel.
+//!
+//! Conventions:
+//! - Row-major tensors; shapes are given in each method's `# Shapes` section.
+//! - "`=`" methods overwrite their output, "`+=`" methods accumulate into it
+//!   (gradients of parameters and of the residual stream accumulate).
+//! - Results never depend on the number of threads: every reduction has a
+//!   fixed order.
+
+pub mod cpu;
+
+use crate::Result;
+
+/// Routing hyper-parameters of one MoE layer call (DESIGN.md §2, steps 3-9).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RouterParams {
+    /// Tokens routed (`N = B*T`).
+    pub n_tokens: usize,
+    /// Experts.
+    pub n_experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Expert capacity `C` in assignments (already resolved; dropless = `N`).
+    pub capacity: usize,
+    /// Divide the k gates by their sum.
+    pub normalize_gates: bool,
+    /// Load-balancing coefficient alpha.
+    pub aux_coef: f32,
+    /// z-loss coefficient beta.
+    pub z_coef: f32,
+}
+
+/// Layout of the per-layer router statistics buffer written by
+/// [`Backend::router_fwd`]: `[assigned (E) | kept (E) | prob_sum (E) | scalars]`.
+///
+/// Scalars: `entropy_sum` (sum over tokens of the router entropy, nats),
+/// `lse_sq_sum` (sum over tokens of `logsumexp(z)^2`), `dropped` (assignments
+/// over capacity), `aux` (the aux loss value), `z` (the z-loss value).
+pub struct RouterStats;
+
+impl RouterStats {
+    /// Number of scalar slots after the three per-expert arrays.
+    pub const SCALARS: usize = 5;
+    /// Total length for `e` experts.
+    pub fn len(e: usize) -> usize {
+        3 * e + Self::SCALARS
+    }
+    /// Offset of the assigned-per-expert counts (before capacity).
+    pub fn assigned(_e: usize) -> usize {
+        0
+    }
+    /// Offset of the kept-per-expert counts (after capacity).
+    pub fn kept(e: usize) -> usize {
+        e
+    }
+    /// Offset of the per-expert probability sums `sum_n p[n, e]`.
+    pub fn prob_sum(e: usize) -> usize {
+        2 * e
+    }
+    /// Offset of the entropy sum.
+    pub fn entropy_sum(e: usize) -> usize {
+        3 * e
+    }
+    /// Offset of the sum of squared logsumexps.
+    pub fn lse_sq_sum(e: usize) -> usize {
+        3 * e + 1
+    }
+    /// Offset of the dropped-assignment count.
+    pub fn dropped(e: usize) -> usize {
+        3 * e + 2
+    }
+    /// Offset of the aux loss value.
+    pub fn aux(e: usize) -> usize {
+        3 * e + 3
+    }
+    /// Offset of the z-loss value.
+    pub fn z(e: usize) -> usize {
+        3 * e + 4
+    }
+}
+
+/// The op set. `Buf` holds f32 values, `IBuf` holds i32 values (token ids,
+/// expert indices, row maps). Buffers live wherever the backend computes.
+pub trait Backend {
+    /// An f32 buffer.
+    type Buf;
+    /// An i32 buffer.
+    type IBuf;
+
+    /// Human-readable device name, e.g. `cpu (2 threads)`.
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------
+
+    /// A zero-filled f32 buffer of `n` elements; `what` names it in errors.
+    fn alloc(&self, n: usize, what: &str) -> Result<Self::Buf>;
+    /// A zero-filled i32 buffer of `n` elements; `what` names it in errors.
+    fn alloc_i(&self, n: usize, what: &str) -> Result<Self::IBuf>;
+    /// Copy host values into `dst` (lengths must match).
+    fn upload(&self, dst: &mut Self::Buf, src: &[f32]);
+    /// Copy host values into `dst` (lengths must match).
+    fn upload_i(&self, dst: &mut Self::IBuf, src: &[i32]);
+    /// Copy a buffer to the host.
+    fn download(&self, src: &Self::Buf) -> Vec<f32>;
+    /// Copy an i32 buffer to the host.
+    fn download_i(&self, src: &Self::IBuf) -> Vec<i32>;
+    /// Set every element to zero.
+    fn zero(&self, buf: &mut Self::Buf);
+
+    // ---- matmul -------------------------------------------------------
+
+    /// `c (=|+=) op(a) @ op(b)`, `op(x) = x` or `x^T`.
+    ///
+    /// # Shapes
+    /// `op(a)`: `[m, k]` (stored `[k, m]` if `ta`), `op(b)`: `[k, n]` (stored
+    /// `[n, k]` if `tb`), `c`: `[m, n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+    );
+    /// `out[r, :] += bias` for every row (`out`: `[rows, n]`, `bias`: `[n]`).
+    fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
+    /// `dbias += sum_r dout[r, :]` (`dout`: `[rows, n]`).
+    fn bias_grad(&self, dbias: &mut Self::Buf, dout: &Self::Buf, rows: usize, n: usize);
+    /// Grouped (per-expert) matmul over expert-contiguous row segments:
+    /// `out[seg_e] = x[seg_e] @ w[e] + b[e]` (`=`), segment `e` being rows
+    /// `offsets[e]..offsets[e+1]`.
+    ///
+    /// # Shapes
+    /// `x`: `[M, k]`, `w`: `[E, k, n]`, `b`: `[E, n]`, `offsets`: `[E + 1]`, `out`: `[M, n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        offsets: &Self::IBuf,
+        e: usize,
+        k: usize,
+        n: usize,
+    );
+    /// Backward of [`Backend::grouped_matmul`]: `dx[seg_e] = dy[seg_e] @ w[e]^T` (`=`),
+    /// `dw[e] += x[seg_e]^T @ dy[seg_e]`, `db[e] += sum_rows dy[seg_e]`.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        offsets: &Self::IBuf,
+        e: usize,
+        k: usize,
+        n: usize,
+    );
+
+    // ---- elementwise --------------------------------------------------
+
+    /// `a += b` (same length).
+    fn add_inplace(&self, a: &mut Self::Buf, b: &Self::Buf);
+    /// `dst = src` (same length).
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
+
+    // ---- activation ---------------------------------------------------
+
+    /// `out = gelu_tanh(x)` (`=`).
+    fn gelu_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, len: usize);
+    /// `dx = dout * gelu_tanh'(x)` (`=`).
+    fn gelu_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, len: usize);
+
+    // ---- norm ---------------------------------------------------------
+
+    /// LayerNorm over the last dim (eps 1e-5): `out = (x - mean) * rstd * w + b` (`=`).
+    ///
+    /// # Shapes
+    /// `x`, `out`: `[rows, c]`; `w`, `b`: `[c]`; `mean`, `rstd`: `[rows]`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        rows: usize,
+        c: usize,
+    );
+    /// LayerNorm backward: `dx +=`, `dw +=`, `db +=`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        rows: usize,
+        c: usize,
+    );
+
+    // ---- embedding ----------------------------------------------------
+
+    /// `out[b*T + t] = wte[tokens[b*T + t]] + wpe[t]` (`=`).
+    ///
+    /// # Shapes
+    /// `tokens`: `[B*T]`, `wte`: `[V, d]`, `wpe`: `[max_T, d]`, `out`: `[B*T, d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_fwd(
+        &self,
+        out: &mut Self::Buf,
+        tokens: &Self::IBuf,
+        wte: &Self::Buf,
+        wpe: &Self::Buf,
+        b: usize,
+        t: usize,
+        d: usize,
+    );
+    /// `dwte[tokens[n]] += dout[n]`, `dwpe[t] += dout[b*T + t]`.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_bwd(
+        &self,
+        dwte: &mut Self::Buf,
+        dwpe: &mut Self::Buf,
+        dout: &Self::Buf,
+        tokens: &Self::IBuf,
+        b: usize,
+        t: usize,
+        d: usize,
+    );
+
+    // ---- attention ----------------------------------------------------
+
+    /// Causal multi-head attention, flash-attention contract: from the packed
+    /// `qkv` it writes `out` and the row logsumexp `lse` of the scaled scores.
+    ///
+    /// # Shapes
+    /// `qkv`: `[B*T, 3*H*hd]` (q | k | v, head-major inside each), `out`:
+    /// `[B*T, H*hd]`, `lse`: `[B, H, T]`. Scale `1/sqrt(hd)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        qkv: &Self::Buf,
+        b: usize,
+        t: usize,
+        h: usize,
+        hd: usize,
+    );
+    /// Backward: recomputes P from q, k and `lse`; writes `dqkv` (`=`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        dqkv: &mut Self::Buf,
+        dout: &Self::Buf,
+        qkv: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        b: usize,
+        t: usize,
+        h: usize,
+        hd: usize,
+    );
+
+    // ---- router -------------------------------------------------------
+
+    /// Multiplicative jitter: `mult = U(1-eps, 1+eps)` from `seed`, `out = x * mult` (`=`).
+    fn router_jitter(&self, out: &mut Self::Buf, mult: &mut Self::Buf, x: &Self::Buf, eps: f32, seed: u64);
+    /// `dx = dout * mult` (`=`), the jitter's backward.
+    fn router_jitter_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, mult: &Self::Buf);
+    /// Fused routing from fp32 router logits (DESIGN.md §2 steps 2-9):
+    /// softmax, top-k (ties: lower index), gates, slot positions in the §2.5
+    /// priority order, kept mask, expert-contiguous row map, and statistics.
+    ///
+    /// # Shapes
+    /// `logits`, `probs`: `[N, E]`; `expert`, `row`: `[N*k]` (assignment
+    /// `a = n*k + j`; `row[a]` = its row in the dispatched buffer or -1 if
+    /// dropped); `gate`: `[N*k]` (after optional normalization, before the
+    /// kept mask); `row_assign`: `[N*k]` (inverse map: assignment of each
+    /// dispatched row, -1 past the end); `offsets`: `[E + 1]`; `stats`:
+    /// [`RouterStats::len`]`(E)`.
+    #[allow(clippy::too_many_arguments)]
+    fn router_fwd(
+        &self,
+        probs: &mut Self::Buf,
+        expert: &mut Self::IBuf,
+        gate: &mut Self::Buf,
+        row: &mut Self::IBuf,
+        row_assign: &mut Self::IBuf,
+        offsets: &mut Self::IBuf,
+        stats: &mut Self::Buf,
+        logits: &Self::Buf,
+        p: &RouterParams,
+    );
+    /// Router backward into the logits (`=`): through the gates (`dgate`,
+    /// zero for dropped assignments), the aux loss via `P_e` (with `f_e` from
+    /// `stats`) and the z-loss. `dloss` scales aux and z (the loss weight of
+    /// this micro-batch).
+    #[allow(clippy::too_many_arguments)]
+    fn router_bwd(
+        &self,
+        dlogits: &mut Self::Buf,
+        dgate: &Self::Buf,
+        logits: &Self::Buf,
+        probs: &Self::Buf,
+        expert: &Self::IBuf,
+        stats: &Self::Buf,
+        p: &RouterParams,
+        dloss: f32,
+    );
+
+    // ---- dispatch -----------------------------------------------------
+
+    /// Gather token rows into expert-contiguous rows: `xe[r] = x[row_assign[r] / k]` (`=`).
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_fwd(&self, xe: &mut Self::Buf, x: &Self::Buf, row_assign: &Self::IBuf, n_rows: usize, k: usize, d: usize);
+    /// `dx[n] += sum_j dxe[row[n*k + j]]` over kept assignments, j ascending.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_bwd(&self, dx: &mut Self::Buf, dxe: &Self::Buf, row: &Self::IBuf, n: usize, k: usize, d: usize);
+    /// `out[n] = sum_j gate[n*k+j] * ye[row[n*k+j]]` over kept assignments (`=`; 0 if none kept).
+    #[allow(clippy::too_many_arguments)]
+    fn combine_fwd(&self, out: &mut Self::Buf, ye: &Self::Buf, row: &Self::IBuf, gate: &Self::Buf, n: usize, k: usize, d: usize);
+    /// Combine backward: `dye[r] = gate[a] * dout[a / k]` for `a = row_assign[r]`
+    /// (`=`), `dgate[a] = <dout[a / k], ye[row[a]]>` or 0 if dropped (`=`).
+    #[allow(clippy::too_many_arguments)]
+    fn combine_bwd(
+        &self,
+        dye: &mut Self::Buf,
+        dgate: &mut Self::Buf,
+        dout: &Self::Buf,
+        ye: &Self::Buf,
+        row: &Self::IBuf,
+        row_assign: &Self::IBuf,
+        gate: &Self::Buf,
+        n_rows: usize,
+        n: usize,
+        k: usize,
+        d: usize,
+    );
+
+    // ---- loss ---------------------------------------------------------
+
+    /// Fused softmax cross-entropy. `losses[r] = -log softmax(logits[r])[targets[r]]`
+    /// (`=`) and, in the same pass, `dlogits[r] = (softmax(logits[r]) - onehot) * dloss`
+    /// (`=`) when `dlogits` is given.
+    ///
+    /// # Shapes
+    /// `logits`, `dlogits`: `[rows, V]`; `targets`, `losses`: `[rows]`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        losses: &mut Self::Buf,
+        dlogits: Option<&mut Self::Buf>,
+        logits: &Self::Buf,
+        targets: &Self::IBuf,
+        rows: usize,
+        v: usize,
+        dloss: f32,
+    );
+
+    // ---- optim --------------------------------------------------------
+
+    /// `acc[0] += sum(g^2)` (fixed reduction order).
+    fn sum_squares(&self, acc: &mut Self::Buf, g: &Self::Buf);
+    /// One AdamW step on one tensor with global-norm clipping folded in: the
+    /// gradient is multiplied by `min(1, max_norm / sqrt(norm_sq[0]))` when
+    /// `max_norm > 0`. `t` is the 1-based step for bias correction.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        norm_sq: &Self::Buf,
+        h: &AdamW,
+    );
+}
+
+/// Hyper-parameters of one AdamW update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    /// Learning rate of this step.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay for this tensor (0 for excluded tensors).
+    pub weight_decay: f32,
+    /// 1-based step number.
+    pub t: u64,
+    /// Global-norm clip (`<= 0`: off).
+    pub max_norm: f32,
+}

@@ -1,0 +1,183 @@
+//! Preallocated activations and backward scratch for one `(B, T)` shape.
+
+use crate::backend::{Backend, RouterStats};
+use crate::config::Config;
+use crate::Result;
+
+use super::params::{FfnIdx, ParamTable};
+
+/// Activations of a Switch MoE FFN.
+pub(crate) struct MoeActs<B: Backend> {
+    /// Dispatched rows allocated: `N*k` (every assignment kept at most once).
+    pub rows: usize,
+    /// Jitter multipliers `[N, d]` (training with jitter only).
+    pub jit_mult: B::Buf,
+    /// Jittered router input `[N, d]`.
+    pub u_jit: B::Buf,
+    /// Router logits `[N, E]` (fp32).
+    pub logits: B::Buf,
+    /// Router probabilities `[N, E]`.
+    pub probs: B::Buf,
+    /// Chosen experts `[N*k]`.
+    pub expert: B::IBuf,
+    /// Gates `[N*k]`.
+    pub gate: B::Buf,
+    /// Dispatched row of each assignment `[N*k]` (-1 = dropped).
+    pub row: B::IBuf,
+    /// Assignment of each dispatched row `[N*k]` (-1 = unused).
+    pub row_assign: B::IBuf,
+    /// Expert segment offsets `[E+1]`.
+    pub offsets: B::IBuf,
+    /// Router statistics (`RouterStats` layout).
+    pub stats: B::Buf,
+    /// Dispatched inputs `[N*k, d]`.
+    pub xe: B::Buf,
+    /// Expert pre-activations `[N*k, d_ff]`.
+    pub he: B::Buf,
+    /// Expert activations `[N*k, d_ff]`.
+    pub ae: B::Buf,
+    /// Expert outputs `[N*k, d]`.
+    pub ye: B::Buf,
+    /// Gradients: `dye [N*k, d]`, `dae`/`dhe [N*k, d_ff]`, `dxe [N*k, d]`,
+    /// `dgate [N*k]`, `dlogits [N, E]`.
+    pub dye: B::Buf,
+    pub dae: B::Buf,
+    pub dhe: B::Buf,
+    pub dxe: B::Buf,
+    pub dgate: B::Buf,
+    pub dlogits: B::Buf,
+}
+
+/// Activations of one block's FFN.
+pub(crate) enum FfnActs<B: Backend> {
+    /// Dense MLP: pre-activation and GELU output, `[N, d_ff]` each.
+    Dense { pre: B::Buf, act: B::Buf },
+    /// Switch MoE.
+    Moe(Box<MoeActs<B>>),
+}
+
+/// Activations of one block.
+pub(crate) struct BlockActs<B: Backend> {
+    pub ln1: B::Buf,
+    pub ln1_mean: B::Buf,
+    pub ln1_rstd: B::Buf,
+    /// `[N, 3d]`.
+    pub qkv: B::Buf,
+    /// Attention output before the projection `[N, d]`.
+    pub att: B::Buf,
+    /// Row logsumexp `[B, H, T]`.
+    pub lse: B::Buf,
+    /// Residual after attention `[N, d]`.
+    pub h_mid: B::Buf,
+    pub ln2: B::Buf,
+    pub ln2_mean: B::Buf,
+    pub ln2_rstd: B::Buf,
+    pub ffn: FfnActs<B>,
+}
+
+/// All activations plus backward scratch.
+pub(crate) struct Acts<B: Backend> {
+    pub b: usize,
+    pub t: usize,
+    pub tokens: B::IBuf,
+    pub targets: B::IBuf,
+    /// Residual stream entering block `l` (`resid[L]` is the final one), `[N, d]` each.
+    pub resid: Vec<B::Buf>,
+    pub blocks: Vec<BlockActs<B>>,
+    pub lnf: B::Buf,
+    pub lnf_mean: B::Buf,
+    pub lnf_rstd: B::Buf,
+    /// `[N, V]`.
+    pub logits: B::Buf,
+    pub dlogits: B::Buf,
+    /// Per-token CE `[N]`.
+    pub losses: B::Buf,
+    /// Sub-layer output before the residual add `[N, d]`.
+    pub scratch_d: B::Buf,
+    /// Backward: residual-stream gradient, LayerNorm-output gradient `[N, d]`.
+    pub dres: B::Buf,
+    pub dln: B::Buf,
+    pub dlnf: B::Buf,
+    pub dqkv: B::Buf,
+    /// Dense MLP backward scratch `[N, d_ff]`.
+    pub dff: B::Buf,
+    pub dff2: B::Buf,
+}
+
+impl<B: Backend> Acts<B> {
+    pub fn new(be: &B, cfg: &Config, table: &ParamTable, b: usize, t: usize) -> Result<Acts<B>> {
+        let m = &cfg.model;
+        let (d, f, v, e, k) = (m.d_model, m.d_ff, m.vocab_size, m.n_experts, m.top_k);
+        let n = b * t;
+        let al = |len: usize, what: &str| be.alloc(len, what);
+        let any_dense = table.blocks.iter().any(|bi| matches!(bi.ffn, FfnIdx::Dense { .. }));
+        let mut blocks = Vec::new();
+        for bi in &table.blocks {
+            let ffn = match bi.ffn {
+                FfnIdx::Dense { .. } => FfnActs::Dense { pre: al(n * f, "mlp pre-activation")?, act: al(n * f, "mlp activation")? },
+                FfnIdx::Moe { .. } => {
+                    let rows = n * k;
+                    let jit = if m.router_jitter > 0.0 { n * d } else { 0 };
+                    FfnActs::Moe(Box::new(MoeActs {
+                        rows,
+                        jit_mult: al(jit, "router jitter")?,
+                        u_jit: al(jit, "jittered router input")?,
+                        logits: al(n * e, "router logits")?,
+                        probs: al(n * e, "router probabilities")?,
+                        expert: be.alloc_i(rows, "expert choices")?,
+                        gate: al(rows, "gates")?,
+                        row: be.alloc_i(rows, "dispatch rows")?,
+                        row_assign: be.alloc_i(rows, "dispatch inverse rows")?,
+                        offsets: be.alloc_i(e + 1, "expert offsets")?,
+                        stats: al(RouterStats::len(e), "router statistics")?,
+                        xe: al(rows * d, "dispatched tokens")?,
+                        he: al(rows * f, "expert pre-activations")?,
+                        ae: al(rows * f, "expert activations")?,
+                        ye: al(rows * d, "expert outputs")?,
+                        dye: al(rows * d, "expert output gradient")?,
+                        dae: al(rows * f, "expert activation gradient")?,
+                        dhe: al(rows * f, "expert pre-activation gradient")?,
+                        dxe: al(rows * d, "dispatched token gradient")?,
+                        dgate: al(rows, "gate gradient")?,
+                        dlogits: al(n * e, "router logit gradient")?,
+                    }))
+                }
+            };
+            blocks.push(BlockActs {
+                ln1: al(n * d, "ln_1 output")?,
+                ln1_mean: al(n, "ln_1 mean")?,
+                ln1_rstd: al(n, "ln_1 rstd")?,
+                qkv: al(n * 3 * d, "qkv")?,
+                att: al(n * d, "attention output")?,
+                lse: al(n * m.n_head, "attention logsumexp")?,
+                h_mid: al(n * d, "residual")?,
+                ln2: al(n * d, "ln_2 output")?,
+                ln2_mean: al(n, "ln_2 mean")?,
+                ln2_rstd: al(n, "ln_2 rstd")?,
+                ffn,
+            });
+        }
+        let dense_scratch = if any_dense { n * f } else { 0 };
+        Ok(Acts {
+            b,
+            t,
+            tokens: be.alloc_i(n, "tokens")?,
+            targets: be.alloc_i(n, "targets")?,
+            resid: (0..=m.n_layer).map(|_| al(n * d, "residual stream")).collect::<Result<_>>()?,
+            blocks,
+            lnf: al(n * d, "ln_f output")?,
+            lnf_mean: al(n, "ln_f mean")?,
+            lnf_rstd: al(n, "ln_f rstd")?,
+            logits: al(n * v, "logits")?,
+            dlogits: al(n * v, "logit gradient")?,
+            losses: al(n, "losses")?,
+            scratch_d: al(n * d, "sub-layer output")?,
+            dres: al(n * d, "residual gradient")?,
+            dln: al(n * d, "layernorm gradient")?,
+            dlnf: al(n * d, "ln_f gradient")?,
+            dqkv: al(n * 3 * d, "qkv gradient")?,
+            dff: al(dense_scratch, "mlp gradient")?,
+            dff2: al(dense_scratch, "mlp gradient")?,
+        })
+    }
+}
