@@ -1,0 +1,319 @@
+//! Training and evaluation: the loop over optimizer steps, gradient
+//! accumulation, periodic evaluation, metrics, checkpoints, resume and
+//! interruption.
+//!
+//! Reproducibility: every random stream is a pure function of `train.seed`
+//! and counters (data: step and micro-batch; router jitter: step, micro-batch
+//! and layer; initialization: tensor index), and every reduction has a fixed
+//! order, so the same seed, config and data give the same losses bit for bit,
+//! and a resumed run continues exactly as the uninterrupted one.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod optimizer;
+pub mod schedule;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::model::{mix, Model, Pass};
+use crate::{Error, Result};
+use metrics::{Accum, EvalRecord, TrainRecord};
+use optimizer::Optimizer;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Ask a running training loop to save a checkpoint and stop after the
+/// current step (the CLI calls this from its Ctrl-C handler).
+pub fn request_stop() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn stop_requested() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Options of a training run besides the config.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Run directory (created; must not already hold a run unless resuming).
+    pub out: PathBuf,
+    /// Checkpoint (or run directory) to resume from.
+    pub resume: Option<PathBuf>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Stop after this many steps of this invocation (tests use it to
+    /// simulate an interruption); `None` = run to `train.steps`.
+    pub max_steps_this_run: Option<u64>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Optimizer steps completed (in total, across resumes).
+    pub steps: u64,
+    /// `true` if stopped early (Ctrl-C or `max_steps_this_run`).
+    pub interrupted: bool,
+    /// Loss of the last step.
+    pub final_loss: f64,
+    /// CE of the last step.
+    pub final_ce: f64,
+    /// Last validation loss, if any evaluation ran.
+    pub val_loss: Option<f64>,
+    /// Exact loss floor of the data (synthetic corpus only).
+    pub loss_floor: Option<f64>,
+    /// Unigram entropy of the data.
+    pub unigram_entropy: Option<f64>,
+    /// Mean training tokens per second over this invocation.
+    pub tokens_per_s: f64,
+    /// Wall time of this invocation.
+    pub wall_s: f64,
+    /// Last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+    /// Per-step losses of this invocation (CE + aux + z), in order.
+    pub losses: Vec<f64>,
+}
+
+fn to_i32(v: &[u32]) -> Vec<i32> {
+    v.iter().map(|&x| x as i32).collect()
+}
+
+/// Evaluate `model` on `eval_batches` validation batches with the eval
+/// capacity factor.
+pub fn evaluate<B: Backend>(be: &B, model: &mut Model<B>, data: &Dataset, batches: usize) -> Result<EvalRecord> {
+    let (b, t) = (model.cfg.train.batch_size, model.cfg.train.seq_len);
+    let mut x = vec![0u32; b * t];
+    let mut y = vec![0u32; b * t];
+    let mut acc = Accum::default();
+    for i in 0..batches {
+        data.val_batch(i as u64, b, t, &mut x, &mut y);
+        let s = model.forward_only(be, &to_i32(&x), &to_i32(&y), b, t, Pass::Eval)?;
+        acc.add(&s);
+    }
+    let (ce, _, _) = acc.means();
+    Ok(EvalRecord {
+        kind: "eval".into(),
+        step: 0,
+        val_loss: ce,
+        val_ppl: ce.exp(),
+        tokens: (batches * b * t) as u64,
+        moe: acc.layers(),
+    })
+}
+
+/// Create (or check) the run directory: it must be writable and, unless
+/// resuming into it, must not already hold a run.
+fn prepare_run_dir(out: &Path, resuming_here: bool) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| {
+        Error::io(out, std::io::Error::new(e.kind(), format!("cannot create the run directory ({e}); choose a writable --out")))
+    })?;
+    let probe = out.join(".write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| {
+        Error::io(out, std::io::Error::new(e.kind(), format!("the run directory is not writable ({e}); choose a writable --out")))
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    if !resuming_here && out.join("metrics.jsonl").exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a run (metrics.jsonl exists); continue it with --resume {} or pick another --out",
+            out.display(),
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Train `cfg` on backend `be`, writing the run into `opts.out`.
+pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let resume_dir = opts.resume.as_deref().map(checkpoint::resolve).transpose()?;
+    let resuming_here = resume_dir.as_ref().is_some_and(|d| d.parent() == Some(opts.out.as_path()));
+    prepare_run_dir(&opts.out, resuming_here)?;
+    let data = Dataset::open(cfg)?;
+    let mut model = Model::new(be, cfg)?;
+    let mut opt = Optimizer::new(be, &model)?;
+    let mut start = 0u64;
+    let mut last_ckpt = None;
+    if let Some(dir) = &resume_dir {
+        let ck = checkpoint::load(dir, cfg, true)?;
+        if let Some(rng) = &ck.rng {
+            if rng.seed != cfg.train.seed {
+                return Err(Error::Checkpoint(format!(
+                    "{} was trained with train.seed = {} but the config says {}; resume with the same seed",
+                    dir.display(),
+                    rng.seed,
+                    cfg.train.seed
+                )));
+            }
+        }
+        checkpoint::restore(be, &ck, &mut model, Some(&mut opt));
+        start = ck.step;
+        last_ckpt = Some(dir.clone());
+    }
+    std::fs::write(opts.out.join("config.toml"), cfg.to_commented_toml()).map_err(|e| Error::io(opts.out.join("config.toml"), e))?;
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    if resume_dir.is_some() {
+        truncate_metrics_after(&metrics_path, start)?;
+    }
+
+    let tc = &cfg.train;
+    let info = data.info().clone();
+    let (b, t, accum) = (tc.batch_size, tc.seq_len, tc.grad_accum);
+    let steps = tc.steps as u64;
+    let end = opts.max_steps_this_run.map_or(steps, |m| (start + m).min(steps));
+    let bar = progress_bar(opts.progress, start, steps);
+    let mut x = vec![0u32; b * t];
+    let mut y = vec![0u32; b * t];
+    let t0 = Instant::now();
+    let mut tokens = 0u64;
+    let mut losses = Vec::new();
+    let mut last = (f64::NAN, f64::NAN);
+    let mut val_loss = None;
+    let mut interrupted = false;
+    let mut step = start;
+    while step < end {
+        let ts = Instant::now();
+        model.zero_grads(be);
+        let mut acc = Accum::default();
+        for micro in 0..accum as u64 {
+            data.train_batch(step, micro, b, t, &mut x, &mut y);
+            let pass = Pass::Train { jitter_seed: mix(mix(tc.seed, step), micro), loss_weight: 1.0 / accum as f32 };
+            let s = model.step(be, &to_i32(&x), &to_i32(&y), b, t, pass)?;
+            if !s.loss().is_finite() {
+                bar.abandon();
+                return Err(diverged(step + 1, micro, s.loss(), last_ckpt.as_deref()));
+            }
+            acc.add(&s);
+        }
+        let lr = schedule::learning_rate(tc, step as usize);
+        let grad_norm = opt.step(be, &mut model, tc, lr, step + 1);
+        step += 1;
+        let dt = ts.elapsed().as_secs_f64();
+        tokens += (b * t * accum) as u64;
+        let (ce, aux, z) = acc.means();
+        last = (ce + aux + z, ce);
+        losses.push(last.0);
+        let rec = TrainRecord {
+            kind: "train".into(),
+            step,
+            loss: last.0,
+            ce,
+            aux,
+            z,
+            lr,
+            grad_norm,
+            tokens_per_s: (b * t * accum) as f64 / dt,
+            elapsed_s: t0.elapsed().as_secs_f64(),
+            moe: acc.layers(),
+        };
+        write_line(&mut metrics, &metrics_path, &rec)?;
+        bar.set_position(step);
+        let is_last = step == steps;
+        if (tc.eval_every > 0 && step % tc.eval_every as u64 == 0) || is_last {
+            let mut ev = evaluate(be, &mut model, &data, tc.eval_batches)?;
+            ev.step = step;
+            val_loss = Some(ev.val_loss);
+            write_line(&mut metrics, &metrics_path, &ev)?;
+        }
+        bar.set_message(status_line(last.1, val_loss, &info, rec.tokens_per_s));
+        let stop = stop_requested() || step == end && !is_last;
+        if (tc.checkpoint_every > 0 && step % tc.checkpoint_every as u64 == 0) || is_last || stop {
+            last_ckpt = Some(checkpoint::save(be, &opts.out, &model, &opt, step, tc.keep_checkpoints)?);
+        }
+        if stop {
+            interrupted = true;
+            break;
+        }
+    }
+    bar.finish();
+    let wall = t0.elapsed().as_secs_f64();
+    let summary = TrainSummary {
+        steps: step,
+        interrupted,
+        final_loss: last.0,
+        final_ce: last.1,
+        val_loss,
+        loss_floor: info.loss_floor,
+        unigram_entropy: info.unigram_entropy,
+        tokens_per_s: tokens as f64 / wall.max(1e-9),
+        wall_s: wall,
+        checkpoint: last_ckpt,
+        losses,
+    };
+    let path = opts.out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("serializes")).map_err(|e| Error::io(&path, e))?;
+    Ok(summary)
+}
+
+fn diverged(step: u64, micro: u64, loss: f64, last: Option<&Path>) -> Error {
+    let ck = match last {
+        Some(p) => format!("the last good checkpoint is {}", p.display()),
+        None => "no checkpoint was written before it".into(),
+    };
+    Error::Diverged(format!(
+        "training diverged: the loss is {loss} at step {step} (micro-batch {micro}); {ck}. Lower train.lr, raise train.warmup_steps or set train.grad_clip, then resume from the checkpoint (--resume)"
+    ))
+}
+
+/// On resume, drop metric lines past the checkpoint's step so the file reads
+/// as one uninterrupted run.
+fn truncate_metrics_after(path: &Path, step: u64) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn write_line<T: Serialize>(f: &mut std::fs::File, path: &Path, rec: &T) -> Result<()> {
+    let line = serde_json::to_string(rec).expect("record serializes");
+    writeln!(f, "{line}").map_err(|e| Error::io(path, e))
+}
+
+fn status_line(ce: f64, val: Option<f64>, info: &crate::data::DataInfo, tps: f64) -> String {
+    let mut s = format!("loss {ce:.4}");
+    if let Some(v) = val {
+        s.push_str(&format!(" | val {v:.4}"));
+    }
+    if let Some(f) = info.loss_floor {
+        s.push_str(&format!(" | floor {f:.4}"));
+    }
+    s.push_str(&format!(" | {:.0} tok/s", tps));
+    s
+}
+
+fn progress_bar(show: bool, start: u64, steps: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(start);
+    bar
+}
