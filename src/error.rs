@@ -31,7 +31,7 @@ pub enum Error {
     Backend(String),
 }
 
-/// Result with [`Error`].
+/// Result with [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {

@@ -3,11 +3,23 @@
 //! A decoder-only Switch Transformer (DESIGN.md §2) with explicit forward and
 //! backward passes over a [`backend::Backend`] trait. The pure-Rust CPU backend
 //! ([`backend::cpu::Cpu`]) is the numerical reference for every CUDA kernel.
+//!
+//! - [`config`]: run configuration, presets, validation.
+//! - [`data`]: tokenizers, the synthetic multi-domain corpus (with its exact
+//!   loss floor), text and token-file loaders.
+//! - [`model`]: parameters, forward and backward.
+//! - [`train`]: optimizer, schedule, training loop, checkpoints, metrics.
 
 pub mod backend;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod model;
+pub mod train;
 
 pub use config::Config;
 pub use error::{Error, Result};
+
+/// The git commit this library was built from (`-dirty` if the tree had
+/// uncommitted changes), or `unknown`.
+pub const GIT_COMMIT: &str = env!("SWITCHYARD_GIT_COMMIT");

@@ -158,14 +158,14 @@ pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<Tr
     }
     std::fs::write(opts.out.join("config.toml"), cfg.to_commented_toml()).map_err(|e| Error::io(opts.out.join("config.toml"), e))?;
     let metrics_path = opts.out.join("metrics.jsonl");
+    if resume_dir.is_some() && metrics_path.exists() {
+        truncate_metrics_after(&metrics_path, start)?;
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
-    if resume_dir.is_some() {
-        truncate_metrics_after(&metrics_path, start)?;
-    }
 
     let tc = &cfg.train;
     let info = data.info().clone();

@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use super::fastmath;
+
 const CHUNK: usize = 4096;
 /// `sqrt(2 / pi)`.
 const S2PI: f32 = 0.797_884_6;
@@ -11,14 +13,14 @@ const C3: f32 = 0.044_715;
 /// `gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
 #[inline]
 pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + (S2PI * (x + C3 * x * x * x)).tanh())
+    0.5 * x * (1.0 + fastmath::tanh(S2PI * (x + C3 * x * x * x)))
 }
 
 /// `d gelu / dx`.
 #[inline]
 pub fn gelu_grad(x: f32) -> f32 {
     let u = S2PI * (x + C3 * x * x * x);
-    let th = u.tanh();
+    let th = fastmath::tanh(u);
     let sech2 = 1.0 - th * th;
     0.5 * (1.0 + th) + 0.5 * x * sech2 * S2PI * (1.0 + 3.0 * C3 * x * x)
 }

@@ -15,9 +15,9 @@
 
 use rayon::prelude::*;
 
-use super::SendPtr;
+use super::{fastmath, SendPtr};
 
-/// `dst (=|+=) alpha-free beta * lhs @ rhs` on raw strided views, single
+/// `dst = beta * lhs @ rhs` (overwrite) on raw strided views, single
 /// threaded (the caller parallelizes over heads).
 ///
 /// # Safety
@@ -70,18 +70,17 @@ fn causal_probs(s: &mut [f32], t: usize, scale: f32, lse_out: Option<&mut [f32]>
         Some(lse) => {
             for i in 0..t {
                 let row = &mut s[i * t..(i + 1) * t];
-                let mut max = f32::NEG_INFINITY;
-                for v in row[..=i].iter_mut() {
+                let live = &mut row[..=i];
+                for v in live.iter_mut() {
                     *v *= scale;
-                    max = max.max(*v);
                 }
-                let mut sum = 0.0f32;
-                for v in row[..=i].iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
+                let max = fastmath::max(live);
+                for v in live.iter_mut() {
+                    *v = fastmath::exp(*v - max);
                 }
+                let sum = fastmath::sum(live);
                 let inv = 1.0 / sum;
-                for v in row[..=i].iter_mut() {
+                for v in live.iter_mut() {
                     *v *= inv;
                 }
                 row[i + 1..].fill(0.0);
@@ -93,7 +92,7 @@ fn causal_probs(s: &mut [f32], t: usize, scale: f32, lse_out: Option<&mut [f32]>
                 let row = &mut s[i * t..(i + 1) * t];
                 let l = lse_in[i];
                 for v in row[..=i].iter_mut() {
-                    *v = (*v * scale - l).exp();
+                    *v = fastmath::exp(*v * scale - l);
                 }
                 row[i + 1..].fill(0.0);
             }
@@ -172,7 +171,7 @@ pub fn attention_bwd(
             for i in 0..t {
                 let o_row = &out[obase + i * d..obase + i * d + hd];
                 let do_row = &dout[obase + i * d..obase + i * d + hd];
-                let di: f32 = o_row.iter().zip(do_row).map(|(a, b)| a * b).sum();
+                let di = fastmath::dot(o_row, do_row);
                 let prow = &p[i * t..(i + 1) * t];
                 let srow = &mut ds[i * t..(i + 1) * t];
                 for j in 0..=i {

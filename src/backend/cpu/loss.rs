@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::index_of;
+use super::{fastmath, index_of};
 
 /// `losses[r] = logsumexp(logits[r]) - logits[r][targets[r]]`; if `dlogits`
 /// is given, `dlogits[r] = (softmax(logits[r]) - onehot(targets[r])) * dloss`.
@@ -19,8 +19,12 @@ pub fn cross_entropy(
 ) {
     let row_loss = |r: usize| -> (f32, f32, f32) {
         let l = &logits[r * v..(r + 1) * v];
-        let max = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let sum: f32 = l.iter().map(|&x| (x - max).exp()).sum();
+        let max = fastmath::max(l);
+        let mut e = vec![0.0f32; v];
+        for (e, &x) in e.iter_mut().zip(l) {
+            *e = fastmath::exp(x - max);
+        }
+        let sum = fastmath::sum(&e);
         let lse = max + sum.ln();
         let tgt = index_of(targets[r]).expect("targets are validated on load");
         (lse - l[tgt], max, sum)
@@ -37,7 +41,7 @@ pub fn cross_entropy(
                 let l = &logits[r * v..(r + 1) * v];
                 let inv = 1.0 / sum;
                 for (d, &x) in d.iter_mut().zip(l) {
-                    *d = (x - max).exp() * inv * dloss;
+                    *d = fastmath::exp(x - max) * inv * dloss;
                 }
                 let tgt = index_of(targets[r]).expect("validated");
                 d[tgt] -= dloss;

@@ -10,6 +10,7 @@ pub mod activation;
 pub mod attention;
 pub mod dispatch;
 pub mod embedding;
+pub mod fastmath;
 pub mod loss;
 pub mod matmul;
 pub mod norm;

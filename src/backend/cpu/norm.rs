@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::reduce_rows;
+use super::{fastmath, reduce_rows};
 
 /// LayerNorm epsilon (DESIGN.md §2).
 pub const EPS: f32 = 1e-5;
@@ -28,8 +28,12 @@ pub fn layernorm_fwd(
         .enumerate()
         .for_each(|(r, ((o, m), s))| {
             let xr = &x[r * c..(r + 1) * c];
-            let mu = xr.iter().sum::<f32>() / c as f32;
-            let var = xr.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+            let mu = fastmath::sum(xr) / c as f32;
+            let mut centered = vec![0.0f32; c];
+            for (d, &v) in centered.iter_mut().zip(xr) {
+                *d = v - mu;
+            }
+            let var = fastmath::dot(&centered, &centered) / c as f32;
             let rs = 1.0 / (var + EPS).sqrt();
             for i in 0..c {
                 o[i] = (xr[i] - mu) * rs * w[i] + b[i];
@@ -58,18 +62,16 @@ pub fn layernorm_bwd(
         let xr = &x[r * c..(r + 1) * c];
         let gr = &dout[r * c..(r + 1) * c];
         let (mu, rs) = (mean[r], rstd[r]);
-        let mut mean_g = 0.0f32;
-        let mut mean_gx = 0.0f32;
+        let mut g = vec![0.0f32; c];
+        let mut xhat = vec![0.0f32; c];
         for i in 0..c {
-            let g = gr[i] * w[i];
-            mean_g += g;
-            mean_gx += g * (xr[i] - mu) * rs;
+            g[i] = gr[i] * w[i];
+            xhat[i] = (xr[i] - mu) * rs;
         }
-        mean_g /= c as f32;
-        mean_gx /= c as f32;
+        let mean_g = fastmath::sum(&g) / c as f32;
+        let mean_gx = fastmath::dot(&g, &xhat) / c as f32;
         for i in 0..c {
-            let xhat = (xr[i] - mu) * rs;
-            dxr[i] += rs * (gr[i] * w[i] - mean_g - xhat * mean_gx);
+            dxr[i] += rs * (g[i] - mean_g - xhat[i] * mean_gx);
         }
     });
     let mut dwb = vec![0.0f32; 2 * c];

@@ -3,7 +3,10 @@
 //!
 //! Forward, from fp32 logits `z[N, E]`:
 //! 1. `p = softmax(z)` per token (fp32).
-//! 2. Top-k by descending `p`, ties to the lower expert index; gate
+//! 2. Top-k by descending `p`, ties to the lower expert index, selected on
+//!    the logits `z` (softmax is monotonic, so the order is the same, and
+//!    comparing the fp32 inputs rather than rounded exponentials lets a GPU
+//!    kernel reproduce the choice exactly); gate
 //!    `g_j = p[e_j]`, divided by `sum_j p[e_j]` when gates are normalized.
 //! 3. Slot positions in the §2.5 priority order: the assignment `(n, j)` to
 //!    expert `e` gets the number of assignments to `e` with a smaller rank
@@ -101,7 +104,7 @@ pub fn router_fwd(
             let (lv, hv) = softmax_row(&logits[t * e..(t + 1) * e], p);
             *l = lv;
             *h = hv;
-            top_k(p, k, ex);
+            top_k(&logits[t * e..(t + 1) * e], k, ex);
             let mut sum = 0.0f32;
             for (g, &x) in g.iter_mut().zip(ex.iter()) {
                 *g = p[x as usize];
