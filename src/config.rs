@@ -105,6 +105,9 @@ pub struct SyntheticConfig {
     pub order: usize,
     /// Successors per state (the sparsity of each source).
     pub branching: usize,
+    /// Candidate successors per last token: each state draws its `branching`
+    /// successors from the pool of its last token (0 = the whole domain).
+    pub pool: usize,
     /// Probability of a uniform jump inside the domain's vocabulary (keeps each chain ergodic).
     pub teleport: f64,
     /// Seed of the sources (not of the samples: that is train.seed).
@@ -218,13 +221,13 @@ impl Config {
             },
             train: TrainConfig {
                 seed: 1337,
-                batch_size: 16,
-                seq_len: 128,
+                batch_size: 32,
+                seq_len: 64,
                 grad_accum: 1,
-                steps: 300,
+                steps: 800,
                 lr: 2e-3,
                 min_lr: 2e-4,
-                warmup_steps: 30,
+                warmup_steps: 40,
                 weight_decay: 0.1,
                 decay_all: false,
                 beta1: 0.9,
@@ -233,7 +236,7 @@ impl Config {
                 grad_clip: 1.0,
                 eval_every: 100,
                 eval_batches: 8,
-                checkpoint_every: 100,
+                checkpoint_every: 200,
                 keep_checkpoints: 2,
             },
             data: DataConfig {
@@ -245,6 +248,7 @@ impl Config {
                     domain_vocab: 32,
                     order: 2,
                     branching: 3,
+                    pool: 6,
                     teleport: 0.02,
                     seed: 7,
                 },
@@ -400,7 +404,9 @@ impl Config {
         ];
         for (k, v) in finite {
             if !v.is_finite() {
-                return bad(format!("{k} = {v} is not a finite number; give a real value"));
+                return bad(format!(
+                    "{k} = {v} is not a finite number; give a real value"
+                ));
             }
         }
         let nonneg = [
@@ -481,6 +487,12 @@ impl Config {
                     m.vocab_size
                 ));
             }
+            if s.pool > s.domain_vocab || (s.pool > 0 && s.branching > s.pool) {
+                return bad(format!(
+                    "data.synthetic.pool = {} must be 0 or between branching = {} and domain_vocab = {}",
+                    s.pool, s.branching, s.domain_vocab
+                ));
+            }
             if s.branching > s.domain_vocab {
                 return bad(format!(
                     "data.synthetic.branching = {} exceeds domain_vocab = {}",
@@ -512,7 +524,9 @@ impl Config {
     pub fn to_commented_toml(&self) -> String {
         let value = toml::Value::try_from(self).expect("config serializes");
         let mut out = String::new();
-        out.push_str("# switchyard run configuration. Every key is required; unknown keys are errors.\n");
+        out.push_str(
+            "# switchyard run configuration. Every key is required; unknown keys are errors.\n",
+        );
         out.push_str("# Override any key on the command line: --set section.key=value\n");
         write_table(&mut out, &value, "");
         out
@@ -535,7 +549,9 @@ fn largest_divisor_at_most(n: usize, at_most: usize) -> usize {
 fn parse_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -585,6 +601,7 @@ fn key_comment(path: &str) -> &'static str {
         "data.synthetic.domain_vocab" => "tokens per domain: domain i owns ids [i*domain_vocab, (i+1)*domain_vocab)",
         "data.synthetic.order" => "Markov order: the next token depends on the last `order` tokens",
         "data.synthetic.branching" => "successors per state (sparsity)",
+        "data.synthetic.pool" => "candidate successors per last token (0 = the whole domain); pool < domain_vocab makes the bigram informative and the order-k context refine it",
         "data.synthetic.teleport" => "probability of a uniform jump within the domain (keeps each chain ergodic)",
         "data.synthetic.seed" => "seed of the sources themselves (samples use train.seed)",
         _ => "",
@@ -597,7 +614,11 @@ fn write_table(out: &mut String, value: &toml::Value, prefix: &str) {
         if v.is_table() {
             continue;
         }
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         let c = key_comment(&path);
         if !c.is_empty() {
             out.push_str(&format!("# {c}\n"));
@@ -606,7 +627,11 @@ fn write_table(out: &mut String, value: &toml::Value, prefix: &str) {
     }
     for (k, v) in table {
         if v.is_table() {
-            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             out.push_str(&format!("\n[{path}]\n"));
             write_table(out, v, &path);
         }

@@ -2,6 +2,9 @@
 //! oracle (O and logsumexp against a naive f64 computation), and results do
 //! not depend on the number of threads (bit for bit).
 
+// Index loops read like the math in these numeric checks.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{micro_config, rng, tokens, uniform};
@@ -20,19 +23,30 @@ fn attention_matches_naive_f64_reference() {
     let mut lse = vec![f32::NAN; b * h * t];
     be.attention_fwd(&mut out, &mut lse, &qkv, b, t, h, hd);
     let scale = 1.0 / (hd as f64).sqrt();
-    let at = |bi: usize, ti: usize, part: usize, hi: usize, i: usize| qkv[(bi * t + ti) * 3 * d + part * d + hi * hd + i] as f64;
+    let at = |bi: usize, ti: usize, part: usize, hi: usize, i: usize| {
+        qkv[(bi * t + ti) * 3 * d + part * d + hi * hd + i] as f64
+    };
     let mut worst = 0.0f64;
     for bi in 0..b {
         for hi in 0..h {
             for i in 0..t {
-                let s: Vec<f64> = (0..=i).map(|j| (0..hd).map(|c| at(bi, i, 0, hi, c) * at(bi, j, 1, hi, c)).sum::<f64>() * scale).collect();
+                let s: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        (0..hd)
+                            .map(|c| at(bi, i, 0, hi, c) * at(bi, j, 1, hi, c))
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
                 let mx = s.iter().cloned().fold(f64::MIN, f64::max);
                 let sum: f64 = s.iter().map(|v| (v - mx).exp()).sum();
                 let l = mx + sum.ln();
                 // f32 bound: relative 1e-5 of the O(1..10) magnitudes involved.
                 assert!((lse[(bi * h + hi) * t + i] as f64 - l).abs() < 1e-5 * l.abs().max(1.0));
                 for c in 0..hd {
-                    let o: f64 = (0..=i).map(|j| (s[j] - l).exp() * at(bi, j, 2, hi, c)).sum();
+                    let o: f64 = (0..=i)
+                        .map(|j| (s[j] - l).exp() * at(bi, j, 2, hi, c))
+                        .sum();
                     let got = out[(bi * t + i) * d + hi * hd + c] as f64;
                     worst = worst.max((got - o).abs());
                 }
@@ -76,8 +90,24 @@ fn model_step_is_thread_count_invariant() {
         let be = Cpu::new(threads).unwrap();
         let mut model = Model::<Cpu>::new(&be, &cfg).unwrap();
         model.zero_grads(&be);
-        let s = model.step(&be, &x, &y, b, t, Pass::Train { jitter_seed: 5, loss_weight: 1.0 }).unwrap();
-        let grads: Vec<Vec<u32>> = model.grads.iter().map(|g| be.download(g).iter().map(|v| v.to_bits()).collect()).collect();
+        let s = model
+            .step(
+                &be,
+                &x,
+                &y,
+                b,
+                t,
+                Pass::Train {
+                    jitter_seed: 5,
+                    loss_weight: 1.0,
+                },
+            )
+            .unwrap();
+        let grads: Vec<Vec<u32>> = model
+            .grads
+            .iter()
+            .map(|g| be.download(g).iter().map(|v| v.to_bits()).collect())
+            .collect();
         (s.loss().to_bits(), grads)
     };
     let one = run(1);

@@ -22,6 +22,9 @@
 //! check asserts that the routing at θ ± εu equals the routing at θ: the
 //! checked points are away from ties.
 
+// Index loops read like the math in these numeric checks.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{micro_config, normal, rel_err, rng, tokens};
@@ -53,7 +56,10 @@ fn check_model(mut cfg: Config, seed: u64) {
     let mut r = rng(seed);
     let x = tokens(&mut r, b * t, cfg.model.vocab_size);
     let y = tokens(&mut r, b * t, cfg.model.vocab_size);
-    let pass = Pass::Train { jitter_seed: seed, loss_weight: 1.0 };
+    let pass = Pass::Train {
+        jitter_seed: seed,
+        loss_weight: 1.0,
+    };
     model.zero_grads(&be);
     let base = model.step(&be, &x, &y, b, t, pass).unwrap();
     let route0 = routing(&model, &be);
@@ -65,12 +71,20 @@ fn check_model(mut cfg: Config, seed: u64) {
         let mut u = normal(&mut r, p0.len());
         let norm = u.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt() as f32;
         u.iter_mut().for_each(|v| *v /= norm);
-        let analytic: f64 = grads[i].iter().zip(&u).map(|(g, u)| (*g as f64) * (*u as f64)).sum();
+        let analytic: f64 = grads[i]
+            .iter()
+            .zip(&u)
+            .map(|(g, u)| (*g as f64) * (*u as f64))
+            .sum();
         let mut eval = |sign: f32| {
             let p: Vec<f32> = p0.iter().zip(&u).map(|(p, u)| p + sign * EPS * u).collect();
             be.upload(&mut model.params[i], &p);
             let s = model.forward_only(&be, &x, &y, b, t, pass).unwrap();
-            assert_eq!(routing(&model, &be), route0, "{name}: routing changed under perturbation (a tie); pick another seed");
+            assert_eq!(
+                routing(&model, &be),
+                route0,
+                "{name}: routing changed under perturbation (a tie); pick another seed"
+            );
             s.loss()
         };
         let (lp, lm) = (eval(1.0), eval(-1.0));

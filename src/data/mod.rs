@@ -97,8 +97,14 @@ impl Dataset {
             let s = &d.synthetic;
             let info = DataInfo {
                 description: format!(
-                    "synthetic: {} domains x {} tokens, order-{} Markov, branching {}, teleport {}, seed {}",
-                    s.domains, s.domain_vocab, s.order, s.branching, s.teleport, s.seed
+                    "synthetic: {} domains x {} tokens, order-{} Markov, branching {}, pool {}, teleport {}, seed {}",
+                    s.domains,
+                    s.domain_vocab,
+                    s.order,
+                    s.branching,
+                    if s.pool == 0 { s.domain_vocab } else { s.pool },
+                    s.teleport,
+                    s.seed
                 ),
                 train_tokens: None,
                 val_tokens: None,

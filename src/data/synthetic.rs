@@ -5,9 +5,14 @@
 //! `D = data.synthetic.domains` domains, each owning the token ids
 //! `[i*m, (i+1)*m)` with `m = domain_vocab`. Domain `i` is an order-`k` Markov
 //! source (`k = order`) over its own ids, generated from `(synthetic.seed, i)`:
-//! for each of the `m^k` states (the last `k` tokens) it picks `branching`
-//! distinct successors uniformly and gives them flat-Dirichlet probabilities
-//! (normalized Exp(1) draws), then mixes in a uniform jump:
+//! first every token gets a pool of `pool` candidate successors (a uniform
+//! random subset of the domain's ids; `pool = 0` means all `m`), then each of
+//! the `m^k` states (the last `k` tokens) picks `branching` distinct
+//! successors uniformly from the pool of its last token and gives them
+//! flat-Dirichlet probabilities (normalized Exp(1) draws). Pools make the
+//! previous token informative on its own (a bigram model gets part of the
+//! way) while the full state narrows the choice further (order-`k` structure
+//! a model can only use through attention). Finally a uniform jump is mixed in:
 //! `P(c|s) = (1 - teleport) * sparse(c|s) + teleport / m`.
 //! With `teleport > 0` every state reaches every other in `k` steps and the
 //! all-equal states have self-loops, so each chain is irreducible and aperiodic
@@ -118,9 +123,19 @@ impl SyntheticSource {
     pub fn new(cfg: &SyntheticConfig) -> Result<SyntheticSource> {
         check_config(cfg)?;
         let (m, k, b, tel) = (cfg.domain_vocab, cfg.order, cfg.branching, cfg.teleport);
+        let pool = if cfg.pool == 0 { m } else { cfg.pool };
         let chains: Vec<Chain> = (0..cfg.domains)
             .into_par_iter()
-            .map(|d| build_chain(m, k, b, tel, mix_seed(&[SOURCE_STREAM, cfg.seed, d as u64])))
+            .map(|d| {
+                build_chain(
+                    m,
+                    k,
+                    b,
+                    pool,
+                    tel,
+                    mix_seed(&[SOURCE_STREAM, cfg.seed, d as u64]),
+                )
+            })
             .collect();
         if let Some((d, c)) = chains
             .iter()
@@ -369,6 +384,12 @@ fn check_config(cfg: &SyntheticConfig) -> Result<()> {
             return bad(format!("{k} = 0; it must be at least 1"));
         }
     }
+    if cfg.pool > cfg.domain_vocab || (cfg.pool > 0 && cfg.branching > cfg.pool) {
+        return bad(format!(
+            "data.synthetic.pool = {} must be 0 or between branching = {} and domain_vocab = {}",
+            cfg.pool, cfg.branching, cfg.domain_vocab
+        ));
+    }
     if cfg.branching > cfg.domain_vocab {
         return bad(format!(
             "data.synthetic.branching = {} exceeds domain_vocab = {}; lower branching",
@@ -403,7 +424,7 @@ fn check_config(cfg: &SyntheticConfig) -> Result<()> {
 }
 
 /// Generate one domain's chain and its stationary distribution.
-fn build_chain(m: usize, k: usize, b: usize, tel: f64, seed: u64) -> Chain {
+fn build_chain(m: usize, k: usize, b: usize, pool: usize, tel: f64, seed: u64) -> Chain {
     let states = m.pow(k as u32);
     let suffixes = states / m;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -411,20 +432,35 @@ fn build_chain(m: usize, k: usize, b: usize, tel: f64, seed: u64) -> Chain {
     let mut next = Vec::with_capacity(states * b);
     let mut prob = Vec::with_capacity(states * b);
     let mut cum = Vec::with_capacity(states * b);
-    // A partial Fisher-Yates shuffle of `perm` picks b distinct successors; it
-    // is uniform from any starting order, so `perm` is not reset between states.
-    let mut perm: Vec<u32> = (0..m as u32).collect();
+    // Each last token owns a pool of `pool` candidate successors (a random
+    // subset, drawn first); every state picks its `b` successors from the pool
+    // of its last token. With pool < m the last token alone already narrows
+    // the next token down (a learnable bigram), and the full state narrows it
+    // further (order-k structure that needs attention). pool = m: no pools.
+    let mut all: Vec<u32> = (0..m as u32).collect();
+    let mut pools: Vec<Vec<u32>> = (0..m)
+        .map(|_| {
+            for j in 0..pool {
+                all.swap(j, rng.random_range(j..m));
+            }
+            all[..pool].to_vec()
+        })
+        .collect();
     let mut w = vec![0.0f64; b];
     for s in 0..states {
+        // A partial Fisher-Yates shuffle of the pool picks b distinct
+        // successors; it is uniform from any starting order, so the pool is
+        // shuffled in place and not reset between states.
+        let perm = &mut pools[s % m];
         for (j, wj) in w.iter_mut().enumerate() {
-            perm.swap(j, rng.random_range(j..m));
+            perm.swap(j, rng.random_range(j..pool));
             // Flat Dirichlet: normalized Exp(1) draws; 1 - u is in (0, 1].
             *wj = -(1.0 - rng.random::<f64>()).ln();
         }
         let total: f64 = w.iter().sum();
         let to = (s % suffixes) * m;
         let mut run = 0.0;
-        for (j, (&wj, &c)) in w.iter().zip(&perm).enumerate() {
+        for (j, (&wj, &c)) in w.iter().zip(perm.iter()).enumerate() {
             let p = if total > 0.0 {
                 wj / total
             } else {

@@ -44,6 +44,9 @@ pub struct RngState {
     pub next_step: u64,
 }
 
+/// AdamW moments `(exp_avg, exp_avg_sq)` per tensor, table order.
+pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// Host copy of a checkpoint.
 pub struct Checkpoint {
     /// The directory it was read from.
@@ -55,7 +58,7 @@ pub struct Checkpoint {
     /// Parameter values, table order.
     pub params: Vec<Vec<f32>>,
     /// Optimizer moments, table order (absent for weights-only loads).
-    pub moments: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    pub moments: Option<Moments>,
     /// RNG state.
     pub rng: Option<RngState>,
 }
@@ -82,10 +85,16 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn sync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
-fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>, mut meta: HashMap<String, String>, path: &Path) -> Result<Vec<u8>> {
+fn serialize(
+    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+    mut meta: HashMap<String, String>,
+    path: &Path,
+) -> Result<Vec<u8>> {
     let mut sorted: Vec<&(String, Vec<usize>, Vec<u8>)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let chunks: Vec<&[u8]> = sorted.iter().map(|t| t.2.as_slice()).collect();
@@ -94,7 +103,12 @@ fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>, mut meta: HashMap<Stri
         .iter()
         .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Checkpoint(format!("cannot build tensor views for {}: {e}", path.display())))?;
+        .map_err(|e| {
+            Error::Checkpoint(format!(
+                "cannot build tensor views for {}: {e}",
+                path.display()
+            ))
+        })?;
     safetensors::tensor::serialize(views, Some(meta))
         .map_err(|e| Error::Checkpoint(format!("cannot serialize {}: {e}", path.display())))
 }
@@ -102,7 +116,14 @@ fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>, mut meta: HashMap<Stri
 /// Write a checkpoint of `model` (and `opt`) after `step` completed steps
 /// into `run_dir/ckpt-{step:06}`, atomically, then point `latest` at it and
 /// delete checkpoints beyond the newest `keep`.
-pub fn save<B: Backend>(be: &B, run_dir: &Path, model: &Model<B>, opt: &Optimizer<B>, step: u64, keep: usize) -> Result<PathBuf> {
+pub fn save<B: Backend>(
+    be: &B,
+    run_dir: &Path,
+    model: &Model<B>,
+    opt: &Optimizer<B>,
+    step: u64,
+    keep: usize,
+) -> Result<PathBuf> {
     let name = format!("ckpt-{step:06}");
     let final_dir = run_dir.join(&name);
     let tmp_dir = run_dir.join(format!("{name}.tmp"));
@@ -129,14 +150,28 @@ pub fn save<B: Backend>(be: &B, run_dir: &Path, model: &Model<B>, opt: &Optimize
 
     let mut moments = Vec::new();
     for (i, s) in specs.iter().enumerate() {
-        moments.push((format!("exp_avg.{}", s.name), s.shape.clone(), to_bytes(&be.download(&opt.m[i]))));
-        moments.push((format!("exp_avg_sq.{}", s.name), s.shape.clone(), to_bytes(&be.download(&opt.v[i]))));
+        moments.push((
+            format!("exp_avg.{}", s.name),
+            s.shape.clone(),
+            to_bytes(&be.download(&opt.m[i])),
+        ));
+        moments.push((
+            format!("exp_avg_sq.{}", s.name),
+            s.shape.clone(),
+            to_bytes(&be.download(&opt.v[i])),
+        ));
     }
-    let rng = RngState { seed: model.cfg.train.seed, next_step: step };
+    let rng = RngState {
+        seed: model.cfg.train.seed,
+        next_step: step,
+    };
     let meta: HashMap<String, String> = [
         ("format".to_string(), FORMAT.to_string()),
         ("step".to_string(), step.to_string()),
-        ("rng".to_string(), serde_json::to_string(&rng).expect("rng serializes")),
+        (
+            "rng".to_string(),
+            serde_json::to_string(&rng).expect("rng serializes"),
+        ),
     ]
     .into();
     let path = tmp_dir.join("optimizer.safetensors");
@@ -150,7 +185,8 @@ pub fn save<B: Backend>(be: &B, run_dir: &Path, model: &Model<B>, opt: &Optimize
     sync_dir(run_dir)?;
     let latest_tmp = run_dir.join(format!("{LATEST}.tmp"));
     write_synced(&latest_tmp, name.as_bytes())?;
-    fs::rename(&latest_tmp, run_dir.join(LATEST)).map_err(|e| Error::io(run_dir.join(LATEST), e))?;
+    fs::rename(&latest_tmp, run_dir.join(LATEST))
+        .map_err(|e| Error::io(run_dir.join(LATEST), e))?;
     sync_dir(run_dir)?;
     prune(run_dir, keep)?;
     Ok(final_dir)
@@ -166,7 +202,9 @@ pub fn list(run_dir: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             p.is_dir()
                 && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with("ckpt-") && !n.ends_with(".tmp") && n[5..].chars().all(|c| c.is_ascii_digit())
+                    n.starts_with("ckpt-")
+                        && !n.ends_with(".tmp")
+                        && n[5..].chars().all(|c| c.is_ascii_digit())
                 })
         })
         .collect();
@@ -224,7 +262,10 @@ fn names(l: &[PathBuf]) -> String {
     if l.is_empty() {
         return "none".into();
     }
-    l.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    l.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct Loaded {
@@ -234,7 +275,10 @@ struct Loaded {
 impl Loaded {
     fn read(path: &Path) -> Result<Loaded> {
         let bytes = fs::read(path).map_err(|e| {
-            Error::Checkpoint(format!("cannot read {}: {e}; the checkpoint is incomplete, use an earlier one", path.display()))
+            Error::Checkpoint(format!(
+                "cannot read {}: {e}; the checkpoint is incomplete, use an earlier one",
+                path.display()
+            ))
         })?;
         Ok(Loaded { bytes })
     }
@@ -246,7 +290,8 @@ impl Loaded {
                 path.display()
             ))
         };
-        let (_, meta) = SafeTensors::read_metadata(&self.bytes).map_err(|e| corrupt(e.to_string()))?;
+        let (_, meta) =
+            SafeTensors::read_metadata(&self.bytes).map_err(|e| corrupt(e.to_string()))?;
         let st = SafeTensors::deserialize(&self.bytes).map_err(|e| corrupt(e.to_string()))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
@@ -258,10 +303,16 @@ impl Loaded {
         }
         let mut names: Vec<&str> = st.names();
         names.sort();
-        let chunks: Vec<&[u8]> = names.iter().map(|n| st.tensor(n).map(|t| t.data()).unwrap_or(&[])).collect();
+        let chunks: Vec<&[u8]> = names
+            .iter()
+            .map(|n| st.tensor(n).map(|t| t.data()).unwrap_or(&[]))
+            .collect();
         let sum = format!("{:016x}", fnv1a(&chunks));
         if meta.get("checksum") != Some(&sum) {
-            return Err(corrupt(format!("checksum {sum} does not match the stored {:?}", meta.get("checksum"))));
+            return Err(corrupt(format!(
+                "checksum {sum} does not match the stored {:?}",
+                meta.get("checksum")
+            )));
         }
         Ok((st, meta))
     }
@@ -283,7 +334,10 @@ fn read_tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize], path: &Path) -
             shape
         )));
     }
-    Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    Ok(t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 /// The config stored in a checkpoint directory.
@@ -295,9 +349,9 @@ pub fn read_config(dir: &Path) -> Result<Config> {
 }
 
 fn config_from_meta(meta: &HashMap<String, String>, path: &Path) -> Result<Config> {
-    let json = meta
-        .get("config")
-        .ok_or_else(|| Error::Checkpoint(format!("{} carries no config metadata", path.display())))?;
+    let json = meta.get("config").ok_or_else(|| {
+        Error::Checkpoint(format!("{} carries no config metadata", path.display()))
+    })?;
     serde_json::from_str(json).map_err(|e| {
         Error::Checkpoint(format!(
             "the config stored in {} does not parse ({e}); it was written by an incompatible version",
@@ -325,7 +379,9 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
     let step: u64 = meta
         .get("step")
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `step` metadata", path.display())))?;
+        .ok_or_else(|| {
+            Error::Checkpoint(format!("{} has no valid `step` metadata", path.display()))
+        })?;
     let table = ParamTable::new(expect);
     let params = table
         .specs
@@ -336,7 +392,10 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
         let opath = dir.join("optimizer.safetensors");
         let ol = Loaded::read(&opath)?;
         let (ost, ometa) = ol.parse(&opath)?;
-        let ostep: u64 = ometa.get("step").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+        let ostep: u64 = ometa
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX);
         if ostep != step {
             return Err(Error::Checkpoint(format!(
                 "{} is at step {ostep} but model.safetensors is at step {step}: the checkpoint is inconsistent, use an earlier one",
@@ -346,18 +405,37 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
         let mut m = Vec::new();
         let mut v = Vec::new();
         for s in &table.specs {
-            m.push(read_tensor(&ost, &format!("exp_avg.{}", s.name), &s.shape, &opath)?);
-            v.push(read_tensor(&ost, &format!("exp_avg_sq.{}", s.name), &s.shape, &opath)?);
+            m.push(read_tensor(
+                &ost,
+                &format!("exp_avg.{}", s.name),
+                &s.shape,
+                &opath,
+            )?);
+            v.push(read_tensor(
+                &ost,
+                &format!("exp_avg_sq.{}", s.name),
+                &s.shape,
+                &opath,
+            )?);
         }
         let rng: RngState = ometa
             .get("rng")
             .and_then(|r| serde_json::from_str(r).ok())
-            .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `rng` metadata", opath.display())))?;
+            .ok_or_else(|| {
+                Error::Checkpoint(format!("{} has no valid `rng` metadata", opath.display()))
+            })?;
         (Some((m, v)), Some(rng))
     } else {
         (None, None)
     };
-    Ok(Checkpoint { dir: dir.to_path_buf(), config: stored, step, params, moments, rng })
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        config: stored,
+        step,
+        params,
+        moments,
+        rng,
+    })
 }
 
 /// The model-section keys whose values differ, as `key: stored vs given`.
@@ -368,16 +446,35 @@ pub fn model_diffs(stored: &Config, given: &Config) -> Vec<String> {
     a.iter()
         .filter(|(k, v)| b.get(*k) != Some(v))
         .filter(|(k, _)| ARCH_KEYS.contains(&k.as_str()))
-        .map(|(k, v)| format!("model.{k} is {v} in the checkpoint but {} in the config", b.get(k).map(|x| x.to_string()).unwrap_or_default()))
+        .map(|(k, v)| {
+            format!(
+                "model.{k} is {v} in the checkpoint but {} in the config",
+                b.get(k).map(|x| x.to_string()).unwrap_or_default()
+            )
+        })
         .collect()
 }
 
 /// Model keys that change tensor shapes, names or the head layout (the others,
 /// such as top_k, the capacity factor or loss coefficients, may differ between runs).
-const ARCH_KEYS: &[&str] = &["vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "d_ff", "moe_every", "n_experts"];
+const ARCH_KEYS: &[&str] = &[
+    "vocab_size",
+    "max_seq_len",
+    "n_layer",
+    "n_head",
+    "d_model",
+    "d_ff",
+    "moe_every",
+    "n_experts",
+];
 
 /// Copy checkpoint values into `model` (and `opt`).
-pub fn restore<B: Backend>(be: &B, ck: &Checkpoint, model: &mut Model<B>, opt: Option<&mut Optimizer<B>>) {
+pub fn restore<B: Backend>(
+    be: &B,
+    ck: &Checkpoint,
+    model: &mut Model<B>,
+    opt: Option<&mut Optimizer<B>>,
+) {
     for (buf, vals) in model.params.iter_mut().zip(&ck.params) {
         be.upload(buf, vals);
     }

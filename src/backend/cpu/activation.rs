@@ -27,11 +27,13 @@ pub fn gelu_grad(x: f32) -> f32 {
 
 /// `out = gelu(x)` elementwise.
 pub fn gelu_fwd(out: &mut [f32], x: &[f32]) {
-    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = gelu(x);
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = gelu(x);
+            }
+        });
 }
 
 /// `dx = dout * gelu'(x)` elementwise.

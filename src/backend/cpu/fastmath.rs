@@ -26,10 +26,14 @@ pub fn exp(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // 2^n from the bits of the float 2^23 + (n + 127), whose low mantissa bits
     // hold the biased exponent: no float-to-int conversion, so it vectorizes.
-    let biased = (n + (127.0 + 8_388_608.0)).to_bits().wrapping_sub(0x4B00_0000);
+    let biased = (n + (127.0 + 8_388_608.0))
+        .to_bits()
+        .wrapping_sub(0x4B00_0000);
     p * f32::from_bits(biased << 23)
 }
 

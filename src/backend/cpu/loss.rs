@@ -30,7 +30,10 @@ pub fn cross_entropy(
         (lse - l[tgt], max, sum)
     };
     match dlogits {
-        None => losses[..rows].par_iter_mut().enumerate().for_each(|(r, out)| *out = row_loss(r).0),
+        None => losses[..rows]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(r, out)| *out = row_loss(r).0),
         Some(dl) => dl[..rows * v]
             .par_chunks_mut(v)
             .zip(losses[..rows].par_iter_mut())

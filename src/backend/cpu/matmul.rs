@@ -24,7 +24,10 @@ pub fn matmul(
     accumulate: bool,
     par: gemm::Parallelism,
 ) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul: buffer too small for [{m},{k}]x[{k},{n}]");
+    assert!(
+        c.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "matmul: buffer too small for [{m},{k}]x[{k},{n}]"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -113,7 +116,18 @@ pub fn grouped_matmul(
         }
         let rows = seg.len();
         let o = &mut out[seg.start * n..seg.end * n];
-        matmul(o, &x[seg.start * k..seg.end * k], &w[ex * k * n..(ex + 1) * k * n], rows, k, n, false, false, false, par);
+        matmul(
+            o,
+            &x[seg.start * k..seg.end * k],
+            &w[ex * k * n..(ex + 1) * k * n],
+            rows,
+            k,
+            n,
+            false,
+            false,
+            false,
+            par,
+        );
         add_bias(o, &b[ex * n..(ex + 1) * n], n);
     }
 }
@@ -142,8 +156,30 @@ pub fn grouped_matmul_bwd(
         let rows = seg.len();
         let dys = &dy[seg.start * n..seg.end * n];
         let xs = &x[seg.start * k..seg.end * k];
-        matmul(&mut dx[seg.start * k..seg.end * k], dys, &w[ex * k * n..(ex + 1) * k * n], rows, n, k, false, true, false, par);
-        matmul(&mut dw[ex * k * n..(ex + 1) * k * n], xs, dys, k, rows, n, true, false, true, par);
+        matmul(
+            &mut dx[seg.start * k..seg.end * k],
+            dys,
+            &w[ex * k * n..(ex + 1) * k * n],
+            rows,
+            n,
+            k,
+            false,
+            true,
+            false,
+            par,
+        );
+        matmul(
+            &mut dw[ex * k * n..(ex + 1) * k * n],
+            xs,
+            dys,
+            k,
+            rows,
+            n,
+            true,
+            false,
+            true,
+            par,
+        );
         bias_grad(&mut db[ex * n..(ex + 1) * n], dys, rows, n);
     }
 }

@@ -37,7 +37,9 @@ impl Cpu {
     /// A backend with `threads` worker threads (0 = one per core).
     pub fn new(threads: usize) -> Result<Cpu> {
         let threads = if threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             threads
         };
@@ -80,17 +82,24 @@ unsafe impl Sync for SendPtr {}
 /// `f(r0..r1, partial)` adds rows `r0..r1` into a zeroed `partial` of
 /// `out.len()` values; chunks of [`REDUCE_CHUNK`] rows run in parallel and
 /// their partials are added to `out` in chunk order.
-pub fn reduce_rows(out: &mut [f32], rows: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
+pub fn reduce_rows(
+    out: &mut [f32],
+    rows: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
     let width = out.len();
     let chunks = rows.div_ceil(REDUCE_CHUNK);
     let mut partials = vec![0.0f32; chunks * width];
     if width == 0 {
         return;
     }
-    partials.par_chunks_mut(width).enumerate().for_each(|(c, part)| {
-        let r0 = c * REDUCE_CHUNK;
-        f(r0..(r0 + REDUCE_CHUNK).min(rows), part);
-    });
+    partials
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(c, part)| {
+            let r0 = c * REDUCE_CHUNK;
+            f(r0..(r0 + REDUCE_CHUNK).min(rows), part);
+        });
     for part in partials.chunks(width) {
         for (o, p) in out.iter_mut().zip(part) {
             *o += p;
@@ -116,7 +125,7 @@ impl Backend for Cpu {
         v.try_reserve_exact(n).map_err(|_| {
             Error::Backend(format!(
                 "out of host memory allocating {what} ({} MiB); use a smaller batch_size or seq_len",
-                n * 4 >> 20
+                (n * 4) >> 20
             ))
         })?;
         v.resize(n, 0.0);
@@ -126,7 +135,10 @@ impl Backend for Cpu {
     fn alloc_i(&self, n: usize, what: &str) -> Result<Vec<i32>> {
         let mut v = Vec::new();
         v.try_reserve_exact(n).map_err(|_| {
-            Error::Backend(format!("out of host memory allocating {what} ({} MiB)", n * 4 >> 20))
+            Error::Backend(format!(
+                "out of host memory allocating {what} ({} MiB)",
+                (n * 4) >> 20
+            ))
         })?;
         v.resize(n, 0);
         Ok(v)
@@ -211,11 +223,13 @@ impl Backend for Cpu {
     fn add_inplace(&self, a: &mut Vec<f32>, b: &Vec<f32>) {
         assert_eq!(a.len(), b.len(), "add_inplace: length mismatch");
         self.run(|| {
-            a.par_chunks_mut(4096).zip(b.par_chunks(4096)).for_each(|(a, b)| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-            })
+            a.par_chunks_mut(4096)
+                .zip(b.par_chunks(4096))
+                .for_each(|(a, b)| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
+                })
         });
     }
 
@@ -315,7 +329,14 @@ impl Backend for Cpu {
         self.run(|| attention::attention_bwd(dqkv, dout, qkv, out, lse, b, t, h, hd));
     }
 
-    fn router_jitter(&self, out: &mut Vec<f32>, mult: &mut Vec<f32>, x: &Vec<f32>, eps: f32, seed: u64) {
+    fn router_jitter(
+        &self,
+        out: &mut Vec<f32>,
+        mult: &mut Vec<f32>,
+        x: &Vec<f32>,
+        eps: f32,
+        seed: u64,
+    ) {
         router::jitter(out, mult, x, eps, seed);
     }
 
@@ -337,7 +358,11 @@ impl Backend for Cpu {
         logits: &Vec<f32>,
         p: &RouterParams,
     ) {
-        self.run(|| router::router_fwd(probs, expert, gate, row, row_assign, offsets, stats, logits, p));
+        self.run(|| {
+            router::router_fwd(
+                probs, expert, gate, row, row_assign, offsets, stats, logits, p,
+            )
+        });
     }
 
     fn router_bwd(
@@ -354,15 +379,40 @@ impl Backend for Cpu {
         self.run(|| router::router_bwd(dlogits, dgate, logits, probs, expert, stats, p, dloss));
     }
 
-    fn dispatch_fwd(&self, xe: &mut Vec<f32>, x: &Vec<f32>, row_assign: &Vec<i32>, n_rows: usize, k: usize, d: usize) {
+    fn dispatch_fwd(
+        &self,
+        xe: &mut Vec<f32>,
+        x: &Vec<f32>,
+        row_assign: &Vec<i32>,
+        n_rows: usize,
+        k: usize,
+        d: usize,
+    ) {
         self.run(|| dispatch::dispatch_fwd(xe, x, row_assign, n_rows, k, d));
     }
 
-    fn dispatch_bwd(&self, dx: &mut Vec<f32>, dxe: &Vec<f32>, row: &Vec<i32>, n: usize, k: usize, d: usize) {
+    fn dispatch_bwd(
+        &self,
+        dx: &mut Vec<f32>,
+        dxe: &Vec<f32>,
+        row: &Vec<i32>,
+        n: usize,
+        k: usize,
+        d: usize,
+    ) {
         self.run(|| dispatch::dispatch_bwd(dx, dxe, row, n, k, d));
     }
 
-    fn combine_fwd(&self, out: &mut Vec<f32>, ye: &Vec<f32>, row: &Vec<i32>, gate: &Vec<f32>, n: usize, k: usize, d: usize) {
+    fn combine_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        ye: &Vec<f32>,
+        row: &Vec<i32>,
+        gate: &Vec<f32>,
+        n: usize,
+        k: usize,
+        d: usize,
+    ) {
         self.run(|| dispatch::combine_fwd(out, ye, row, gate, n, k, d));
     }
 
@@ -380,7 +430,9 @@ impl Backend for Cpu {
         k: usize,
         d: usize,
     ) {
-        self.run(|| dispatch::combine_bwd(dye, dgate, dout, ye, row, row_assign, gate, n_rows, n, k, d));
+        self.run(|| {
+            dispatch::combine_bwd(dye, dgate, dout, ye, row, row_assign, gate, n_rows, n, k, d)
+        });
     }
 
     fn cross_entropy(
@@ -393,14 +445,32 @@ impl Backend for Cpu {
         v: usize,
         dloss: f32,
     ) {
-        self.run(|| loss::cross_entropy(losses, dlogits.map(|d| d.as_mut_slice()), logits, targets, rows, v, dloss));
+        self.run(|| {
+            loss::cross_entropy(
+                losses,
+                dlogits.map(|d| d.as_mut_slice()),
+                logits,
+                targets,
+                rows,
+                v,
+                dloss,
+            )
+        });
     }
 
     fn sum_squares(&self, acc: &mut Vec<f32>, g: &Vec<f32>) {
         acc[0] += self.run(|| optim::sum_squares(g)) as f32;
     }
 
-    fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, norm_sq: &Vec<f32>, h: &AdamW) {
+    fn adamw(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        norm_sq: &Vec<f32>,
+        h: &AdamW,
+    ) {
         self.run(|| optim::adamw(param, grad, m, v, norm_sq[0], h));
     }
 }

@@ -58,22 +58,25 @@ pub fn layernorm_bwd(
     rows: usize,
     c: usize,
 ) {
-    dx[..rows * c].par_chunks_mut(c).enumerate().for_each(|(r, dxr)| {
-        let xr = &x[r * c..(r + 1) * c];
-        let gr = &dout[r * c..(r + 1) * c];
-        let (mu, rs) = (mean[r], rstd[r]);
-        let mut g = vec![0.0f32; c];
-        let mut xhat = vec![0.0f32; c];
-        for i in 0..c {
-            g[i] = gr[i] * w[i];
-            xhat[i] = (xr[i] - mu) * rs;
-        }
-        let mean_g = fastmath::sum(&g) / c as f32;
-        let mean_gx = fastmath::dot(&g, &xhat) / c as f32;
-        for i in 0..c {
-            dxr[i] += rs * (g[i] - mean_g - xhat[i] * mean_gx);
-        }
-    });
+    dx[..rows * c]
+        .par_chunks_mut(c)
+        .enumerate()
+        .for_each(|(r, dxr)| {
+            let xr = &x[r * c..(r + 1) * c];
+            let gr = &dout[r * c..(r + 1) * c];
+            let (mu, rs) = (mean[r], rstd[r]);
+            let mut g = vec![0.0f32; c];
+            let mut xhat = vec![0.0f32; c];
+            for i in 0..c {
+                g[i] = gr[i] * w[i];
+                xhat[i] = (xr[i] - mu) * rs;
+            }
+            let mean_g = fastmath::sum(&g) / c as f32;
+            let mean_gx = fastmath::dot(&g, &xhat) / c as f32;
+            for i in 0..c {
+                dxr[i] += rs * (g[i] - mean_g - xhat[i] * mean_gx);
+            }
+        });
     let mut dwb = vec![0.0f32; 2 * c];
     reduce_rows(&mut dwb, rows, |range, part| {
         let (pw, pb) = part.split_at_mut(c);

@@ -29,7 +29,14 @@ pub fn clip_scale(norm_sq: f32, max_norm: f32) -> f32 {
 
 /// AdamW (Loshchilov & Hutter; PyTorch `torch.optim.AdamW` semantics):
 /// `p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)`.
-pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], norm_sq: f32, h: &AdamW) {
+pub fn adamw(
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    norm_sq: f32,
+    h: &AdamW,
+) {
     let scale = clip_scale(norm_sq, h.max_norm);
     let bc1 = 1.0 - h.beta1.powi(h.t as i32);
     let bc2 = 1.0 - h.beta2.powi(h.t as i32);
