@@ -25,6 +25,8 @@ enum Cmd {
     Train(TrainArgs),
     /// Evaluate a checkpoint on the validation split: loss, perplexity, router statistics.
     Eval(EvalArgs),
+    /// Time training steps (forward + backward + AdamW) on random tokens: median step time and tokens/s.
+    Bench(BenchArgs),
     /// Print a full, commented TOML config to start from.
     Config {
         /// Preset to print (tiny, small, switch-base).
@@ -86,6 +88,54 @@ struct EvalArgs {
     json: bool,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Built-in preset (default tiny).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Override a config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
+    let base = match (&a.config, &a.preset) {
+        (Some(_), Some(_)) => bail!("give either --config or --preset, not both"),
+        (Some(path), None) => Config::from_file(path)?,
+        (None, p) => Config::preset(p.as_deref().unwrap_or("tiny"))?,
+    };
+    let cfg = base.apply_overrides(&a.sets)?;
+    cfg.validate()?;
+    if a.steps == 0 {
+        bail!("--steps 0: time at least one step");
+    }
+    let be = backend(&a.device)?;
+    let r = switchyard::train::bench::train_steps(&be, &cfg, a.warmup, a.steps)?;
+    println!(
+        "{}: median step {:.2} ms (min {:.2}, max {:.2}) over {} steps, {:.0} tokens/s, {:.1} GFLOP/s of matmul-equivalent work ({} tokens/step, {})",
+        r.label, r.median_ms, r.min_ms, r.max_ms, r.steps, r.tokens_per_s, r.gflops, r.tokens_per_step, r.device
+    );
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn backend(d: &DeviceArgs) -> Result<Cpu> {
@@ -311,6 +361,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Bench(a) => cmd_bench(a),
         Cmd::Config { preset } => match Config::preset(&preset) {
             Ok(c) => {
                 print!("{}", c.to_commented_toml());

@@ -8,6 +8,7 @@
 //! order, so the same seed, config and data give the same losses bit for bit,
 //! and a resumed run continues exactly as the uninterrupted one.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod metrics;
 pub mod optimizer;

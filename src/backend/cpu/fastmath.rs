@@ -65,6 +65,24 @@ pub fn sum(x: &[f32]) -> f32 {
     s
 }
 
+/// `sum_i exp(x_i - shift)` with the lanes of [`sum`] (no scratch buffer).
+#[inline]
+pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += exp(c[i] - shift);
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &v in tail {
+        s += exp(v - shift);
+    }
+    s
+}
+
 /// Maximum of a slice (`-inf` if empty), with 8 lanes so it vectorizes
 /// (`f32::max` folds do not: their NaN rule blocks the reduction). Max is
 /// exact, so the lane order cannot change the result.
@@ -141,6 +159,8 @@ mod tests {
         assert_eq!(sum(&v), 333.0);
         assert_eq!(dot(&v, &v), v.iter().map(|x| x * x).sum::<f32>());
         assert_eq!(max(&v), 18.0);
+        let e: Vec<f32> = v.iter().map(|&x| exp(x - 18.0)).collect();
+        assert_eq!(sum_exp(&v, 18.0), sum(&e));
         assert_eq!(max(&v[..3]), 1.0);
         assert_eq!(max(&[]), f32::NEG_INFINITY);
     }

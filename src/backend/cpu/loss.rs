@@ -20,11 +20,7 @@ pub fn cross_entropy(
     let row_loss = |r: usize| -> (f32, f32, f32) {
         let l = &logits[r * v..(r + 1) * v];
         let max = fastmath::max(l);
-        let mut e = vec![0.0f32; v];
-        for (e, &x) in e.iter_mut().zip(l) {
-            *e = fastmath::exp(x - max);
-        }
-        let sum = fastmath::sum(&e);
+        let sum = fastmath::sum_exp(l, max);
         let lse = max + sum.ln();
         let tgt = index_of(targets[r]).expect("targets are validated on load");
         (lse - l[tgt], max, sum)

@@ -29,14 +29,14 @@ pub fn layernorm_fwd(
         .for_each(|(r, ((o, m), s))| {
             let xr = &x[r * c..(r + 1) * c];
             let mu = fastmath::sum(xr) / c as f32;
-            let mut centered = vec![0.0f32; c];
-            for (d, &v) in centered.iter_mut().zip(xr) {
+            // The output row holds x - mean first: no scratch allocation.
+            for (d, &v) in o.iter_mut().zip(xr) {
                 *d = v - mu;
             }
-            let var = fastmath::dot(&centered, &centered) / c as f32;
+            let var = fastmath::dot(o, o) / c as f32;
             let rs = 1.0 / (var + EPS).sqrt();
             for i in 0..c {
-                o[i] = (xr[i] - mu) * rs * w[i] + b[i];
+                o[i] = o[i] * rs * w[i] + b[i];
             }
             *m = mu;
             *s = rs;
@@ -58,23 +58,29 @@ pub fn layernorm_bwd(
     rows: usize,
     c: usize,
 ) {
+    // Rows in groups of ROWS per task, so the two scratch rows are
+    // allocated once per group rather than once per row.
+    const ROWS: usize = 32;
     dx[..rows * c]
-        .par_chunks_mut(c)
+        .par_chunks_mut(c * ROWS)
         .enumerate()
-        .for_each(|(r, dxr)| {
-            let xr = &x[r * c..(r + 1) * c];
-            let gr = &dout[r * c..(r + 1) * c];
-            let (mu, rs) = (mean[r], rstd[r]);
+        .for_each(|(grp, dxg)| {
             let mut g = vec![0.0f32; c];
             let mut xhat = vec![0.0f32; c];
-            for i in 0..c {
-                g[i] = gr[i] * w[i];
-                xhat[i] = (xr[i] - mu) * rs;
-            }
-            let mean_g = fastmath::sum(&g) / c as f32;
-            let mean_gx = fastmath::dot(&g, &xhat) / c as f32;
-            for i in 0..c {
-                dxr[i] += rs * (g[i] - mean_g - xhat[i] * mean_gx);
+            for (i_row, dxr) in dxg.chunks_mut(c).enumerate() {
+                let r = grp * ROWS + i_row;
+                let xr = &x[r * c..(r + 1) * c];
+                let gr = &dout[r * c..(r + 1) * c];
+                let (mu, rs) = (mean[r], rstd[r]);
+                for i in 0..c {
+                    g[i] = gr[i] * w[i];
+                    xhat[i] = (xr[i] - mu) * rs;
+                }
+                let mean_g = fastmath::sum(&g) / c as f32;
+                let mean_gx = fastmath::dot(&g, &xhat) / c as f32;
+                for i in 0..c {
+                    dxr[i] += rs * (g[i] - mean_g - xhat[i] * mean_gx);
+                }
             }
         });
     let mut dwb = vec![0.0f32; 2 * c];
