@@ -85,7 +85,7 @@ fn matmul(c: &mut Criterion) {
 fn other_ops(c: &mut Criterion) {
     let be = Cpu::new(0).unwrap();
     let mut g = c.benchmark_group("ops");
-    let (b, t, h, hd) = (16, 128, 4, 32);
+    let (b, t, h, hd) = (32, 64, 4, 32);
     let d = h * hd;
     let qkv = values(b * t * 3 * d, 3);
     let mut out = vec![0.0; b * t * d];
@@ -94,13 +94,13 @@ fn other_ops(c: &mut Criterion) {
     g.throughput(Throughput::Elements(
         (2 * 2 * b * h * t * t * hd / 2) as u64,
     ));
-    g.bench_function("attention_fwd tiny 16x128 h4 hd32", |bench| {
+    g.bench_function("attention_fwd tiny 32x64 h4 hd32", |bench| {
         bench.iter(|| be.attention_fwd(&mut out, &mut lse, &qkv, b, t, h, hd))
     });
     let dout = values(b * t * d, 4);
     let mut dqkv = vec![0.0; b * t * 3 * d];
     g.throughput(Throughput::Elements((2 * 2 * b * h * t * t * hd) as u64));
-    g.bench_function("attention_bwd tiny 16x128 h4 hd32", |bench| {
+    g.bench_function("attention_bwd tiny 32x64 h4 hd32", |bench| {
         bench.iter(|| be.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, b, t, h, hd))
     });
     let rows = b * t;

@@ -23,18 +23,32 @@ pub fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let n = (x * LOG2E + MAGIC) - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // Horner with fused multiply-adds where the target has them (x86-64-v3
+    // does; see .cargo/config.toml): half the instructions of mul + add.
+    const C: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+    let mut p = C[0];
+    for &c in &C[1..] {
+        p = madd(p, r, c);
+    }
     // 2^n from the bits of the float 2^23 + (n + 127), whose low mantissa bits
     // hold the biased exponent: no float-to-int conversion, so it vectorizes.
     let biased = (n + (127.0 + 8_388_608.0))
         .to_bits()
         .wrapping_sub(0x4B00_0000);
     p * f32::from_bits(biased << 23)
+}
+
+/// `a * b + c`, one rounding with FMA hardware, two without.
+#[inline(always)]
+fn madd(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(target_feature = "fma")]
+    {
+        a.mul_add(b, c)
+    }
+    #[cfg(not(target_feature = "fma"))]
+    {
+        a * b + c
+    }
 }
 
 /// `tanh(x) = sign(x) (1 - t) / (1 + t)` with `t = e^{-2|x|}`; absolute error
