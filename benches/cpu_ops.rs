@@ -19,9 +19,7 @@ use switchyard::train::optimizer::Optimizer;
 use switchyard::Config;
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
-        .collect()
+    (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 1000.0 - 1.0).collect()
 }
 
 fn matmul(c: &mut Criterion) {
@@ -69,11 +67,7 @@ fn matmul(c: &mut Criterion) {
                         false,
                         false,
                         false,
-                        if threads > 1 {
-                            gemm::Parallelism::Rayon(threads)
-                        } else {
-                            gemm::Parallelism::None
-                        },
+                        if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
                     )
                 }
             })
@@ -91,9 +85,7 @@ fn other_ops(c: &mut Criterion) {
     let mut out = vec![0.0; b * t * d];
     let mut lse = vec![0.0; b * h * t];
     // Causal attention FLOPs: 2 matmuls of T*T*hd/2 each, x2 FLOP/MAC.
-    g.throughput(Throughput::Elements(
-        (2 * 2 * b * h * t * t * hd / 2) as u64,
-    ));
+    g.throughput(Throughput::Elements((2 * 2 * b * h * t * t * hd / 2) as u64));
     g.bench_function("attention_fwd tiny 32x64 h4 hd32", |bench| {
         bench.iter(|| be.attention_fwd(&mut out, &mut lse, &qkv, b, t, h, hd))
     });
@@ -123,19 +115,11 @@ fn other_ops(c: &mut Criterion) {
         z_coef: 0.001,
     };
     let (mut p, mut ex, mut gate) = (vec![0.0; rows * e], vec![0; rows * 2], vec![0.0; rows * 2]);
-    let (mut row, mut ra, mut off, mut st) = (
-        vec![0; rows * 2],
-        vec![0; rows * 2],
-        vec![0; e + 1],
-        vec![0.0; RouterStats::len(e)],
-    );
+    let (mut row, mut ra, mut off, mut st) =
+        (vec![0; rows * 2], vec![0; rows * 2], vec![0; e + 1], vec![0.0; RouterStats::len(e)]);
     g.throughput(Throughput::Elements(rows as u64));
     g.bench_function("router_fwd 2048 tokens E8 k2", |bench| {
-        bench.iter(|| {
-            be.router_fwd(
-                &mut p, &mut ex, &mut gate, &mut row, &mut ra, &mut off, &mut st, &logits, &rp,
-            )
-        })
+        bench.iter(|| be.router_fwd(&mut p, &mut ex, &mut gate, &mut row, &mut ra, &mut off, &mut st, &logits, &rp))
     });
     g.finish();
 }
@@ -149,29 +133,13 @@ fn train_step(c: &mut Criterion) {
         let (b, t) = (cfg.train.batch_size, cfg.train.seq_len);
         let mut model = Model::<Cpu>::new(&be, &cfg).unwrap();
         let mut opt = Optimizer::new(&be, &model).unwrap();
-        let x: Vec<i32> = (0..b * t)
-            .map(|i| (i * 7 % cfg.model.vocab_size) as i32)
-            .collect();
-        let y: Vec<i32> = (0..b * t)
-            .map(|i| (i * 13 % cfg.model.vocab_size) as i32)
-            .collect();
+        let x: Vec<i32> = (0..b * t).map(|i| (i * 7 % cfg.model.vocab_size) as i32).collect();
+        let y: Vec<i32> = (0..b * t).map(|i| (i * 13 % cfg.model.vocab_size) as i32).collect();
         g.throughput(Throughput::Elements((b * t) as u64));
         g.bench_function(preset, |bench| {
             bench.iter(|| {
                 model.zero_grads(&be);
-                model
-                    .step(
-                        &be,
-                        &x,
-                        &y,
-                        b,
-                        t,
-                        Pass::Train {
-                            jitter_seed: 1,
-                            loss_weight: 1.0,
-                        },
-                    )
-                    .unwrap();
+                model.step(&be, &x, &y, b, t, Pass::Train { jitter_seed: 1, loss_weight: 1.0 }).unwrap();
                 opt.step(&be, &mut model, &cfg.train, 1e-4, 1)
             })
         });

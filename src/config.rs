@@ -187,10 +187,7 @@ impl Config {
                 t.checkpoint_every = 5000;
             }
             other => {
-                return Err(Error::Config(format!(
-                    "unknown preset `{other}`; choose one of: {}",
-                    PRESETS.join(", ")
-                )))
+                return Err(Error::Config(format!("unknown preset `{other}`; choose one of: {}", PRESETS.join(", "))))
             }
         }
         Ok(c)
@@ -258,8 +255,7 @@ impl Config {
 
     /// Parse a TOML document. Unknown keys and wrong types name the key.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config> {
-        toml::from_str::<Config>(text)
-            .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))
+        toml::from_str::<Config>(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))
     }
 
     /// Read and parse a TOML config file.
@@ -295,10 +291,7 @@ impl Config {
             };
             let unknown = |table: &toml::Table, part: &str| {
                 let known: Vec<&str> = table.keys().map(String::as_str).collect();
-                Error::Config(format!(
-                    "--set {key}: unknown key `{part}`; known keys here: {}",
-                    known.join(", ")
-                ))
+                Error::Config(format!("--set {key}: unknown key `{part}`; known keys here: {}", known.join(", ")))
             };
             let mut table = root.as_table_mut().expect("config is a table");
             for sec in sections {
@@ -307,11 +300,7 @@ impl Config {
                 }
                 table = match table.get_mut(sec) {
                     Some(toml::Value::Table(t)) => t,
-                    _ => {
-                        return Err(Error::Config(format!(
-                            "--set {key}: `{sec}` is a key, not a section"
-                        )))
-                    }
+                    _ => return Err(Error::Config(format!("--set {key}: `{sec}` is a key, not a section"))),
                 };
             }
             if !table.contains_key(last) {
@@ -319,9 +308,7 @@ impl Config {
             }
             let slot = table.get_mut(last).expect("checked above");
             if slot.is_table() {
-                return Err(Error::Config(format!(
-                    "--set {key}: `{key}` is a section; set one of its keys"
-                )));
+                return Err(Error::Config(format!("--set {key}: `{key}` is a section; set one of its keys")));
             }
             // An integer given where a float is expected is fine.
             *slot = match (&*slot, value) {
@@ -329,8 +316,7 @@ impl Config {
                 (_, v) => v,
             };
         }
-        root.try_into::<Config>()
-            .map_err(|e| Error::Config(format!("--set: {}", e.to_string().trim_end())))
+        root.try_into::<Config>().map_err(|e| Error::Config(format!("--set: {}", e.to_string().trim_end())))
     }
 
     /// Check values against each other; every message names the key and a fix.
@@ -404,9 +390,7 @@ impl Config {
         ];
         for (k, v) in finite {
             if !v.is_finite() {
-                return bad(format!(
-                    "{k} = {v} is not a finite number; give a real value"
-                ));
+                return bad(format!("{k} = {v} is not a finite number; give a real value"));
             }
         }
         let nonneg = [
@@ -458,57 +442,24 @@ impl Config {
         }
         if m.moe_every > 0 {
             let n = t.batch_size * t.seq_len;
-            for (k, cf) in [
-                ("model.capacity_factor", m.capacity_factor),
-                ("model.eval_capacity_factor", m.eval_capacity_factor),
-            ] {
+            for (k, cf) in
+                [("model.capacity_factor", m.capacity_factor), ("model.eval_capacity_factor", m.eval_capacity_factor)]
+            {
                 if cf > 0.0 && capacity(cf, m.top_k, n, m.n_experts) == 0 {
-                    return bad(format!("{k} = {cf} gives an expert capacity of 0 tokens; raise it (or use <= 0 for dropless)"));
+                    return bad(format!(
+                        "{k} = {cf} gives an expert capacity of 0 tokens; raise it (or use <= 0 for dropless)"
+                    ));
                 }
             }
         }
         if d.source == "synthetic" {
+            crate::data::synthetic::check_config(&d.synthetic)?;
             let s = &d.synthetic;
-            let sp = [
-                ("data.synthetic.domains", s.domains),
-                ("data.synthetic.domain_vocab", s.domain_vocab),
-                ("data.synthetic.order", s.order),
-                ("data.synthetic.branching", s.branching),
-            ];
-            for (k, v) in sp {
-                if v == 0 {
-                    return bad(format!("{k} = 0; it must be at least 1"));
-                }
-            }
             if s.domains * s.domain_vocab > m.vocab_size {
                 return bad(format!(
                     "the synthetic corpus needs data.synthetic.domains * domain_vocab = {} token ids, more than model.vocab_size = {}; raise vocab_size or shrink the corpus",
                     s.domains * s.domain_vocab,
                     m.vocab_size
-                ));
-            }
-            if s.pool > s.domain_vocab || (s.pool > 0 && s.branching > s.pool) {
-                return bad(format!(
-                    "data.synthetic.pool = {} must be 0 or between branching = {} and domain_vocab = {}",
-                    s.pool, s.branching, s.domain_vocab
-                ));
-            }
-            if s.branching > s.domain_vocab {
-                return bad(format!(
-                    "data.synthetic.branching = {} exceeds domain_vocab = {}",
-                    s.branching, s.domain_vocab
-                ));
-            }
-            if !(0.0..=1.0).contains(&s.teleport) {
-                return bad(format!(
-                    "data.synthetic.teleport = {} must be in [0, 1]",
-                    s.teleport
-                ));
-            }
-            let states = (s.domain_vocab as f64).powi(s.order as i32);
-            if states > 4.0e6 {
-                return bad(format!(
-                    "the synthetic corpus has domain_vocab^order = {states} states per domain; keep it under 4e6 (lower order or domain_vocab)"
                 ));
             }
         }
@@ -524,9 +475,7 @@ impl Config {
     pub fn to_commented_toml(&self) -> String {
         let value = toml::Value::try_from(self).expect("config serializes");
         let mut out = String::new();
-        out.push_str(
-            "# switchyard run configuration. Every key is required; unknown keys are errors.\n",
-        );
+        out.push_str("# switchyard run configuration. Every key is required; unknown keys are errors.\n");
         out.push_str("# Override any key on the command line: --set section.key=value\n");
         write_table(&mut out, &value, "");
         out
@@ -549,9 +498,7 @@ fn largest_divisor_at_most(n: usize, at_most: usize) -> usize {
 fn parse_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -614,11 +561,7 @@ fn write_table(out: &mut String, value: &toml::Value, prefix: &str) {
         if v.is_table() {
             continue;
         }
-        let path = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         let c = key_comment(&path);
         if !c.is_empty() {
             out.push_str(&format!("# {c}\n"));
@@ -627,11 +570,7 @@ fn write_table(out: &mut String, value: &toml::Value, prefix: &str) {
     }
     for (k, v) in table {
         if v.is_table() {
-            let path = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
             out.push_str(&format!("\n[{path}]\n"));
             write_table(out, v, &path);
         }

@@ -141,18 +141,15 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
 fn backend(d: &DeviceArgs) -> Result<Cpu> {
     match d.device.as_str() {
         "auto" | "cpu" => Ok(Cpu::new(d.threads)?),
-        other if other.starts_with("cuda") => bail!(
-            "--device {other}: this build has no CUDA backend yet; use --device cpu (or auto)"
-        ),
+        other if other.starts_with("cuda") => {
+            bail!("--device {other}: this build has no CUDA backend yet; use --device cpu (or auto)")
+        }
         other => bail!("--device {other}: unknown device; use auto or cpu"),
     }
 }
 
 fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -164,12 +161,7 @@ fn utc_stamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 fn load_config(a: &TrainArgs) -> Result<Config> {
@@ -195,15 +187,11 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => {
             let dir = checkpoint::resolve(r)?;
-            dir.parent()
-                .map(PathBuf::from)
-                .context("checkpoint has no parent directory")?
+            dir.parent().map(PathBuf::from).context("checkpoint has no parent directory")?
         }
-        (None, None) => PathBuf::from("runs").join(format!(
-            "{}-{}",
-            a.preset.as_deref().unwrap_or("tiny"),
-            utc_stamp()
-        )),
+        (None, None) => {
+            PathBuf::from("runs").join(format!("{}-{}", a.preset.as_deref().unwrap_or("tiny"), utc_stamp()))
+        }
     };
     let data = Dataset::open(&cfg)?;
     let info = data.info().clone();
@@ -220,10 +208,7 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
         if m.moe_every == 0 {
             "dense".to_string()
         } else {
-            format!(
-                "MoE every {} layer(s), {} experts, top-{}",
-                m.moe_every, m.n_experts, m.top_k
-            )
+            format!("MoE every {} layer(s), {} experts, top-{}", m.moe_every, m.n_experts, m.top_k)
         },
         human(table.numel()),
         human(table.active_numel(if m.moe_every == 0 { 1 } else { m.top_k }))
@@ -245,25 +230,15 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
         cfg.train.seq_len,
         cfg.train.grad_accum
     );
-    let opts = TrainOptions {
-        out: out.clone(),
-        resume: a.resume.clone(),
-        progress: !a.quiet,
-        max_steps_this_run: None,
-    };
+    let opts =
+        TrainOptions { out: out.clone(), resume: a.resume.clone(), progress: !a.quiet, max_steps_this_run: None };
     let s = train::train(&be, &cfg, &opts)?;
-    let mut line = format!(
-        "step {}: train loss {:.4} (ce {:.4})",
-        s.steps, s.final_loss, s.final_ce
-    );
+    let mut line = format!("step {}: train loss {:.4} (ce {:.4})", s.steps, s.final_loss, s.final_ce);
     if let Some(v) = s.val_loss {
         line.push_str(&format!(", val loss {v:.4}"));
     }
     if let Some(f) = s.loss_floor {
-        line.push_str(&format!(
-            ", floor {f:.4} (gap {:.4})",
-            s.val_loss.unwrap_or(s.final_ce) - f
-        ));
+        line.push_str(&format!(", floor {f:.4} (gap {:.4})", s.val_loss.unwrap_or(s.final_ce) - f));
     }
     eprintln!("{line}");
     eprintln!("{:.0} tokens/s over {:.1} s", s.tokens_per_s, s.wall_s);
@@ -271,10 +246,7 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
         eprintln!("checkpoint: {}", c.display());
     }
     if s.interrupted {
-        eprintln!(
-            "interrupted; continue with: switchyard train --resume {}",
-            out.display()
-        );
+        eprintln!("interrupted; continue with: switchyard train --resume {}", out.display());
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)
@@ -327,11 +299,8 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
     }
     for l in &rec.moe {
         let total: f32 = l.tokens_per_expert.iter().sum();
-        let shares: Vec<String> = l
-            .tokens_per_expert
-            .iter()
-            .map(|c| format!("{:.1}", 100.0 * c / total.max(1.0)))
-            .collect();
+        let shares: Vec<String> =
+            l.tokens_per_expert.iter().map(|c| format!("{:.1}", 100.0 * c / total.max(1.0))).collect();
         println!(
             "layer {:>2}: dropped {:.2}%  router entropy {:.3} nats  aux {:.4}  z {:.4}  tokens per expert (%): [{}]",
             l.layer,
@@ -350,9 +319,7 @@ static PRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = ctrlc::set_handler(|| {
-        eprintln!(
-            "\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to force quit)"
-        );
+        eprintln!("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to force quit)");
         if PRESSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
             std::process::exit(130);
         }

@@ -22,19 +22,11 @@ const SMALL: &[&str] = &[
 ];
 
 fn sets(extra: &[&str]) -> Vec<String> {
-    SMALL
-        .iter()
-        .chain(extra)
-        .flat_map(|s| ["--set".to_string(), s.to_string()])
-        .collect()
+    SMALL.iter().chain(extra).flat_map(|s| ["--set".to_string(), s.to_string()]).collect()
 }
 
 fn run(args: &[String]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("binary runs")
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("binary runs")
 }
 
 fn args(a: &[&str]) -> Vec<String> {
@@ -51,10 +43,7 @@ fn config_command_prints_a_parsable_commented_preset() {
     assert!(o.status.success());
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(text.contains("# Markov order"));
-    assert_eq!(
-        Config::from_toml_str(&text, "stdout").unwrap(),
-        Config::preset("small").unwrap()
-    );
+    assert_eq!(Config::from_toml_str(&text, "stdout").unwrap(), Config::preset("small").unwrap());
     let o = run(&args(&["config", "--preset", "nope"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("unknown preset `nope`"));
@@ -69,55 +58,25 @@ fn train_then_eval() {
     let o = run(&a);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
-    assert!(
-        err.contains("loss floor (exact, seq 32)") && err.contains("step 6: train loss"),
-        "{err}"
-    );
-    for f in [
-        "config.toml",
-        "metrics.jsonl",
-        "summary.json",
-        "latest",
-        "ckpt-000006/model.safetensors",
-    ] {
+    assert!(err.contains("loss floor (exact, seq 32)") && err.contains("step 6: train loss"), "{err}");
+    for f in ["config.toml", "metrics.jsonl", "summary.json", "latest", "ckpt-000006/model.safetensors"] {
         assert!(out.join(f).exists(), "missing {f}");
     }
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let recs: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(recs.iter().filter(|r| r["kind"] == "train").count(), 6);
     assert_eq!(recs.iter().filter(|r| r["kind"] == "eval").count(), 2);
     let first = &recs[0];
-    for key in [
-        "loss",
-        "ce",
-        "aux",
-        "z",
-        "lr",
-        "grad_norm",
-        "tokens_per_s",
-        "moe",
-    ] {
+    for key in ["loss", "ce", "aux", "z", "lr", "grad_norm", "tokens_per_s", "moe"] {
         assert!(!first[key].is_null(), "train record lacks {key}");
     }
     let moe = &first["moe"][0];
     assert_eq!(moe["tokens_per_expert"].as_array().unwrap().len(), 8);
-    for key in [
-        "dropped_frac",
-        "router_entropy",
-        "aux",
-        "z",
-        "assigned_per_expert",
-    ] {
+    for key in ["dropped_frac", "router_entropy", "aux", "z", "assigned_per_expert"] {
         assert!(!moe[key].is_null(), "moe record lacks {key}");
     }
     // The run's config.toml is a valid config.
-    Config::from_file(&out.join("config.toml"))
-        .unwrap()
-        .validate()
-        .unwrap();
+    Config::from_file(&out.join("config.toml")).unwrap().validate().unwrap();
 
     let o = run(&args(&["eval", "--checkpoint", out.to_str().unwrap()]));
     let text = String::from_utf8_lossy(&o.stdout);
@@ -129,12 +88,7 @@ fn train_then_eval() {
             && text.contains("layer  1"),
         "{text}"
     );
-    let o = run(&args(&[
-        "eval",
-        "--json",
-        "--checkpoint",
-        out.join("ckpt-000006").to_str().unwrap(),
-    ]));
+    let o = run(&args(&["eval", "--json", "--checkpoint", out.join("ckpt-000006").to_str().unwrap()]));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["step"], 6);
     assert!(v["val_loss"].as_f64().unwrap() > 0.0);
@@ -146,53 +100,21 @@ fn bad_flags_get_clear_errors() {
     let out = dir.path().join("r");
     let o = out.to_str().unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (
-            args(&["train", "--out", o, "--set", "model.top_k=99"]),
-            "model.top_k = 99",
-        ),
-        (
-            args(&["train", "--out", o, "--set", "model.d_modle=64"]),
-            "unknown key `d_modle`",
-        ),
-        (
-            args(&[
-                "train", "--out", o, "--preset", "tiny", "--config", "x.toml",
-            ]),
-            "either --config or --preset",
-        ),
-        (
-            args(&["train", "--out", o, "--config", "/nonexistent.toml"]),
-            "cannot read config file /nonexistent.toml",
-        ),
-        (
-            args(&["train", "--out", o, "--data", "/nonexistent/corpus.txt"]),
-            "/nonexistent/corpus.txt",
-        ),
-        (
-            args(&["train", "--out", o, "--device", "cuda"]),
-            "no CUDA backend",
-        ),
-        (
-            args(&["train", "--out", o, "--device", "tpu"]),
-            "unknown device",
-        ),
-        (
-            args(&["eval", "--checkpoint", "/nonexistent/run"]),
-            "does not exist",
-        ),
-        (
-            args(&["train", "--resume", "/nonexistent/run"]),
-            "does not exist",
-        ),
+        (args(&["train", "--out", o, "--set", "model.top_k=99"]), "model.top_k = 99"),
+        (args(&["train", "--out", o, "--set", "model.d_modle=64"]), "unknown key `d_modle`"),
+        (args(&["train", "--out", o, "--preset", "tiny", "--config", "x.toml"]), "either --config or --preset"),
+        (args(&["train", "--out", o, "--config", "/nonexistent.toml"]), "cannot read config file /nonexistent.toml"),
+        (args(&["train", "--out", o, "--data", "/nonexistent/corpus.txt"]), "/nonexistent/corpus.txt"),
+        (args(&["train", "--out", o, "--device", "cuda"]), "no CUDA backend"),
+        (args(&["train", "--out", o, "--device", "tpu"]), "unknown device"),
+        (args(&["eval", "--checkpoint", "/nonexistent/run"]), "does not exist"),
+        (args(&["train", "--resume", "/nonexistent/run"]), "does not exist"),
     ];
     for (a, want) in cases {
         let r = run(&a);
         assert_eq!(r.status.code(), Some(1), "{a:?}");
         let err = stderr(&r);
-        assert!(
-            err.starts_with("error: ") && err.contains(want),
-            "{a:?}: {err}"
-        );
+        assert!(err.starts_with("error: ") && err.contains(want), "{a:?}: {err}");
         assert!(!err.contains("panicked"), "{a:?} panicked: {err}");
     }
     let r = run(&args(&["train", "--no-such-flag"]));
@@ -202,10 +124,7 @@ fn bad_flags_get_clear_errors() {
 fn wait_for_lines(path: &Path, n: usize, timeout: Duration) -> bool {
     let t = Instant::now();
     while t.elapsed() < timeout {
-        if std::fs::read_to_string(path)
-            .map(|s| s.lines().count() >= n)
-            .unwrap_or(false)
-        {
+        if std::fs::read_to_string(path).map(|s| s.lines().count() >= n).unwrap_or(false) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -218,49 +137,25 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let mut a = args(&["train", "--quiet", "--out", out.to_str().unwrap()]);
-    a.extend(sets(&[
-        "train.steps=100000",
-        "train.checkpoint_every=0",
-        "train.eval_every=0",
-    ]));
-    let child = Command::new(BIN)
-        .args(&a)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_for_lines(&out.join("metrics.jsonl"), 3, Duration::from_secs(60)),
-        "training did not start"
-    );
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    a.extend(sets(&["train.steps=100000", "train.checkpoint_every=0", "train.eval_every=0"]));
+    let child = Command::new(BIN).args(&a).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(wait_for_lines(&out.join("metrics.jsonl"), 3, Duration::from_secs(60)), "training did not start");
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(
-        err.contains("interrupt: saving a checkpoint")
-            && err.contains("continue with: switchyard train --resume"),
+        err.contains("interrupt: saving a checkpoint") && err.contains("continue with: switchyard train --resume"),
         "{err}"
     );
     let ck = switchyard::train::checkpoint::resolve(&out).unwrap();
-    let step: u64 = ck.file_name().unwrap().to_str().unwrap()[5..]
-        .parse()
-        .unwrap();
+    let step: u64 = ck.file_name().unwrap().to_str().unwrap()[5..].parse().unwrap();
     assert!(step >= 3);
     // Resume (the checkpoint's config is used; --set extends the run).
     let target = step + 2;
-    let o = run(&args(&[
-        "train",
-        "--quiet",
-        "--resume",
-        out.to_str().unwrap(),
-        "--set",
-        &format!("train.steps={target}"),
-    ]));
+    let o =
+        run(&args(&["train", "--quiet", "--resume", out.to_str().unwrap(), "--set", &format!("train.steps={target}")]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join(format!("ckpt-{target:06}")).exists());
 }

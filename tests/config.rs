@@ -12,8 +12,7 @@ fn config_err(r: switchyard::Result<impl std::fmt::Debug>) -> String {
 }
 
 fn with(sets: &[&str]) -> switchyard::Result<Config> {
-    let c = Config::preset("tiny")?
-        .apply_overrides(&sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let c = Config::preset("tiny")?.apply_overrides(&sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     c.validate()?;
     Ok(c)
 }
@@ -35,8 +34,7 @@ fn presets_validate_and_round_trip_through_commented_toml() {
 fn d_model_not_divisible_by_heads() {
     let msg = config_err(with(&["model.d_model=100", "model.n_head=3"]));
     assert!(
-        msg.contains("model.d_model = 100 is not divisible by model.n_head = 3")
-            && msg.contains("e.g. 2"),
+        msg.contains("model.d_model = 100 is not divisible by model.n_head = 3") && msg.contains("e.g. 2"),
         "{msg}"
     );
 }
@@ -44,10 +42,7 @@ fn d_model_not_divisible_by_heads() {
 #[test]
 fn top_k_larger_than_experts() {
     let msg = config_err(with(&["model.top_k=9"]));
-    assert!(
-        msg.contains("model.top_k = 9 must be between 1 and model.n_experts = 8"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.top_k = 9 must be between 1 and model.n_experts = 8"), "{msg}");
 }
 
 #[test]
@@ -56,37 +51,19 @@ fn nan_capacity_factor_from_toml() {
     text = text.replace("capacity_factor = 1.25", "capacity_factor = nan");
     let c = Config::from_toml_str(&text, "nan.toml").unwrap();
     let msg = config_err(c.validate());
-    assert!(
-        msg.contains("model.capacity_factor = NaN is not a finite number"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.capacity_factor = NaN is not a finite number"), "{msg}");
 }
 
 #[test]
 fn unknown_keys_and_wrong_types_name_the_key() {
-    let text = Config::preset("tiny")
-        .unwrap()
-        .to_commented_toml()
-        .replace("top_k = 1", "top_k = 1\nn_expertz = 4");
+    let text = Config::preset("tiny").unwrap().to_commented_toml().replace("top_k = 1", "top_k = 1\nn_expertz = 4");
     let msg = config_err(Config::from_toml_str(&text, "typo.toml"));
-    assert!(
-        msg.contains("typo.toml") && msg.contains("n_expertz"),
-        "{msg}"
-    );
-    let text = Config::preset("tiny")
-        .unwrap()
-        .to_commented_toml()
-        .replace("n_layer = 4", "n_layer = \"four\"");
+    assert!(msg.contains("typo.toml") && msg.contains("n_expertz"), "{msg}");
+    let text = Config::preset("tiny").unwrap().to_commented_toml().replace("n_layer = 4", "n_layer = \"four\"");
     let msg = config_err(Config::from_toml_str(&text, "type.toml"));
-    assert!(
-        msg.contains("n_layer") && msg.contains("invalid type"),
-        "{msg}"
-    );
+    assert!(msg.contains("n_layer") && msg.contains("invalid type"), "{msg}");
     let msg = config_err(with(&["model.n_expertz=4"]));
-    assert!(
-        msg.contains("unknown key `n_expertz`") && msg.contains("n_experts"),
-        "{msg}"
-    );
+    assert!(msg.contains("unknown key `n_expertz`") && msg.contains("n_experts"), "{msg}");
     let msg = config_err(with(&["model.n_experts=many"]));
     assert!(msg.contains("n_experts"), "{msg}");
     let msg = config_err(with(&["model"]));
@@ -97,13 +74,8 @@ fn unknown_keys_and_wrong_types_name_the_key() {
 
 #[test]
 fn overrides_apply_and_integers_widen_to_floats() {
-    let c = with(&[
-        "model.n_experts=16",
-        "model.capacity_factor=2",
-        "data.synthetic.order=3",
-        "train.lr=1e-3",
-    ])
-    .unwrap();
+    let c =
+        with(&["model.n_experts=16", "model.capacity_factor=2", "data.synthetic.order=3", "train.lr=1e-3"]).unwrap();
     assert_eq!(c.model.n_experts, 16);
     assert_eq!(c.model.capacity_factor, 2.0);
     assert_eq!(c.data.synthetic.order, 3);
@@ -117,10 +89,7 @@ fn value_checks() {
         (vec!["model.router_jitter=1.5"], "router_jitter"),
         (vec!["train.min_lr=1"], "min_lr"),
         (vec!["model.moe_every=9"], "no layer would be MoE"),
-        (
-            vec!["data.synthetic.domain_vocab=64"],
-            "more than model.vocab_size",
-        ),
+        (vec!["data.synthetic.domain_vocab=64"], "more than model.vocab_size"),
         (vec!["train.batch_size=0"], "train.batch_size = 0"),
         (vec!["train.beta2=1.0"], "train.beta2"),
         (vec!["model.aux_loss_coef=-1"], "negative"),

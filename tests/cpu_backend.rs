@@ -31,12 +31,7 @@ fn attention_matches_naive_f64_reference() {
         for hi in 0..h {
             for i in 0..t {
                 let s: Vec<f64> = (0..=i)
-                    .map(|j| {
-                        (0..hd)
-                            .map(|c| at(bi, i, 0, hi, c) * at(bi, j, 1, hi, c))
-                            .sum::<f64>()
-                            * scale
-                    })
+                    .map(|j| (0..hd).map(|c| at(bi, i, 0, hi, c) * at(bi, j, 1, hi, c)).sum::<f64>() * scale)
                     .collect();
                 let mx = s.iter().cloned().fold(f64::MIN, f64::max);
                 let sum: f64 = s.iter().map(|v| (v - mx).exp()).sum();
@@ -44,9 +39,7 @@ fn attention_matches_naive_f64_reference() {
                 // f32 bound: relative 1e-5 of the O(1..10) magnitudes involved.
                 assert!((lse[(bi * h + hi) * t + i] as f64 - l).abs() < 1e-5 * l.abs().max(1.0));
                 for c in 0..hd {
-                    let o: f64 = (0..=i)
-                        .map(|j| (s[j] - l).exp() * at(bi, j, 2, hi, c))
-                        .sum();
+                    let o: f64 = (0..=i).map(|j| (s[j] - l).exp() * at(bi, j, 2, hi, c)).sum();
                     let got = out[(bi * t + i) * d + hi * hd + c] as f64;
                     worst = worst.max((got - o).abs());
                 }
@@ -90,24 +83,9 @@ fn model_step_is_thread_count_invariant() {
         let be = Cpu::new(threads).unwrap();
         let mut model = Model::<Cpu>::new(&be, &cfg).unwrap();
         model.zero_grads(&be);
-        let s = model
-            .step(
-                &be,
-                &x,
-                &y,
-                b,
-                t,
-                Pass::Train {
-                    jitter_seed: 5,
-                    loss_weight: 1.0,
-                },
-            )
-            .unwrap();
-        let grads: Vec<Vec<u32>> = model
-            .grads
-            .iter()
-            .map(|g| be.download(g).iter().map(|v| v.to_bits()).collect())
-            .collect();
+        let s = model.step(&be, &x, &y, b, t, Pass::Train { jitter_seed: 5, loss_weight: 1.0 }).unwrap();
+        let grads: Vec<Vec<u32>> =
+            model.grads.iter().map(|g| be.download(g).iter().map(|v| v.to_bits()).collect()).collect();
         (s.loss().to_bits(), grads)
     };
     let one = run(1);

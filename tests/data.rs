@@ -25,13 +25,7 @@ fn order3() -> Config {
     c
 }
 
-fn batch(
-    ds: &Dataset,
-    train: Option<(u64, u64)>,
-    index: u64,
-    b: usize,
-    t: usize,
-) -> (Vec<u32>, Vec<u32>) {
+fn batch(ds: &Dataset, train: Option<(u64, u64)>, index: u64, b: usize, t: usize) -> (Vec<u32>, Vec<u32>) {
     // Poisoned: a batch that misses a slot would leave u32::MAX behind.
     let mut x = vec![u32::MAX; b * t];
     let mut y = vec![u32::MAX; b * t];
@@ -72,11 +66,7 @@ fn write(path: &Path, bytes: &[u8]) {
 
 /// A Hugging Face WordLevel tokenizer with `extra` filler words after `[UNK] hello world`.
 fn hf_tokenizer(dir: &Path, extra: usize) -> String {
-    let mut vocab = vec![
-        r#""[UNK]":0"#.to_string(),
-        r#""hello":1"#.into(),
-        r#""world":2"#.into(),
-    ];
+    let mut vocab = vec![r#""[UNK]":0"#.to_string(), r#""hello":1"#.into(), r#""world":2"#.into()];
     vocab.extend((0..extra).map(|i| format!(r#""w{i}":{}"#, i + 3)));
     let json = format!(
         r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
@@ -101,14 +91,8 @@ fn transition_rows_sum_to_one() {
                 let p = src.next_distribution(d, s);
                 let total: f64 = p.iter().sum();
                 // m + branching terms, each rounded once: error ~ 40 ulp.
-                assert!(
-                    (total - 1.0).abs() < 1e-13,
-                    "domain {d} state {s}: row sums to {total}"
-                );
-                assert!(
-                    p.iter().all(|&x| x >= floor * (1.0 - 1e-12)),
-                    "teleport mass missing in {d}/{s}"
-                );
+                assert!((total - 1.0).abs() < 1e-13, "domain {d} state {s}: row sums to {total}");
+                assert!(p.iter().all(|&x| x >= floor * (1.0 - 1e-12)), "teleport mass missing in {d}/{s}");
                 let sparse = p.iter().filter(|&&x| x > floor * (1.0 + 1e-9)).count();
                 assert!(sparse <= cfg.data.synthetic.branching);
             }
@@ -123,10 +107,7 @@ fn stationary_distribution_is_a_fixed_point() {
         for d in 0..src.domains() {
             let pi = src.stationary(d);
             let total: f64 = pi.iter().sum();
-            assert!(
-                (total - 1.0).abs() < 1e-12,
-                "domain {d}: pi sums to {total}"
-            );
+            assert!((total - 1.0).abs() < 1e-12, "domain {d}: pi sums to {total}");
             let mut next = vec![0.0f64; pi.len()];
             for (s, &p) in pi.iter().enumerate() {
                 for (c, q) in src.next_distribution(d, s).into_iter().enumerate() {
@@ -152,10 +133,7 @@ fn true_model_normalizes() {
     for t in 0..=5 {
         let ctx = &x[..t];
         let total: f64 = (0..vocab).map(|c| src.log_prob(ctx, c).exp()).sum();
-        assert!(
-            (total - 1.0).abs() < 1e-12,
-            "context of {t} tokens: probabilities sum to {total}"
-        );
+        assert!((total - 1.0).abs() < 1e-12, "context of {t} tokens: probabilities sum to {total}");
     }
 }
 
@@ -169,9 +147,7 @@ fn monte_carlo_loss(ds: &Dataset, windows: usize, seq: usize) -> (f64, f64) {
         let (x, y) = batch(ds, Some((step, 0)), 0, rows, seq);
         for r in 0..rows {
             let row = &x[r * seq..(r + 1) * seq];
-            let nll: f64 = (0..seq)
-                .map(|t| -src.log_prob(&row[..=t], y[r * seq + t]))
-                .sum();
+            let nll: f64 = (0..seq).map(|t| -src.log_prob(&row[..=t], y[r * seq + t])).sum();
             means.push(nll / seq as f64);
         }
     }
@@ -198,10 +174,7 @@ fn monte_carlo_loss_matches_the_floor() {
         let (mean, se) = monte_carlo_loss(&ds, windows, seq);
         println!("seq {seq}: Monte-Carlo {mean:.5} +- {se:.5}, floor {floor:.5}");
         assert!(se < 0.005, "standard error {se} too large to test anything");
-        assert!(
-            (mean - floor).abs() < 4.0 * se,
-            "Monte-Carlo loss {mean} vs floor {floor} (se {se})"
-        );
+        assert!((mean - floor).abs() < 4.0 * se, "Monte-Carlo loss {mean} vs floor {floor} (se {se})");
     }
 }
 
@@ -224,35 +197,13 @@ fn entropies_are_ordered() {
         let max = ((s.domains * s.domain_vocab) as f64).ln();
         let eps = 1e-9;
         assert!(rate > 0.0, "{}: rate {rate}", info.description);
-        assert!(
-            rate <= bigram + eps,
-            "{}: rate {rate} > bigram {bigram}",
-            info.description
-        );
-        assert!(
-            bigram <= unigram + eps,
-            "{}: bigram {bigram} > unigram {unigram}",
-            info.description
-        );
-        assert!(
-            unigram <= max + eps,
-            "{}: unigram {unigram} > ln V {max}",
-            info.description
-        );
-        assert!(
-            floor >= rate - eps,
-            "{}: floor {floor} < rate {rate}",
-            info.description
-        );
+        assert!(rate <= bigram + eps, "{}: rate {rate} > bigram {bigram}", info.description);
+        assert!(bigram <= unigram + eps, "{}: bigram {bigram} > unigram {unigram}", info.description);
+        assert!(unigram <= max + eps, "{}: unigram {unigram} > ln V {max}", info.description);
+        assert!(floor >= rate - eps, "{}: floor {floor} < rate {rate}", info.description);
         if s.order == 1 {
-            assert!(
-                (bigram - rate).abs() < 1e-9,
-                "order 1: bigram {bigram} != rate {rate}"
-            );
-            assert!(
-                (floor - rate).abs() < 1e-12,
-                "order 1: floor {floor} != rate {rate}"
-            );
+            assert!((bigram - rate).abs() < 1e-9, "order 1: bigram {bigram} != rate {rate}");
+            assert!((floor - rate).abs() < 1e-12, "order 1: floor {floor} != rate {rate}");
         }
     }
 }
@@ -278,10 +229,7 @@ fn default_corpus_numbers() {
     ];
     for (name, got, want) in pinned {
         let got = got.unwrap();
-        assert!(
-            (got - want).abs() < 1e-9 * want,
-            "{name} = {got}, README says {want}"
-        );
+        assert!((got - want).abs() < 1e-9 * want, "{name} = {got}, README says {want}");
     }
     let src = ds.synthetic().unwrap();
     // With order 2 the first prediction conditions on one token: H_0 is the bigram entropy.
@@ -295,36 +243,16 @@ fn batches_are_deterministic() {
     let cfg = tiny();
     let (a, b) = (Dataset::open(&cfg).unwrap(), Dataset::open(&cfg).unwrap());
     let first = batch(&a, Some((5, 1)), 0, 4, 32);
-    assert_eq!(
-        first,
-        batch(&b, Some((5, 1)), 0, 4, 32),
-        "same (seed, step, micro) must repeat"
-    );
-    assert_ne!(
-        first.0,
-        batch(&a, Some((6, 1)), 0, 4, 32).0,
-        "another step must differ"
-    );
-    assert_ne!(
-        first.0,
-        batch(&a, Some((5, 0)), 0, 4, 32).0,
-        "another micro must differ"
-    );
+    assert_eq!(first, batch(&b, Some((5, 1)), 0, 4, 32), "same (seed, step, micro) must repeat");
+    assert_ne!(first.0, batch(&a, Some((6, 1)), 0, 4, 32).0, "another step must differ");
+    assert_ne!(first.0, batch(&a, Some((5, 0)), 0, 4, 32).0, "another micro must differ");
     let mut reseeded = cfg.clone();
     reseeded.train.seed += 1;
     let c = Dataset::open(&reseeded).unwrap();
-    assert_ne!(
-        first.0,
-        batch(&c, Some((5, 1)), 0, 4, 32).0,
-        "another seed must differ"
-    );
+    assert_ne!(first.0, batch(&c, Some((5, 1)), 0, 4, 32).0, "another seed must differ");
     // Rows of one batch are not copies of each other.
     assert_ne!(first.0[..32], first.0[32..64]);
-    assert_eq!(
-        batch(&a, None, 3, 4, 32),
-        batch(&b, None, 3, 4, 32),
-        "validation must repeat"
-    );
+    assert_eq!(batch(&a, None, 3, 4, 32), batch(&b, None, 3, 4, 32), "validation must repeat");
     assert_ne!(batch(&a, None, 3, 4, 32).0, batch(&a, None, 4, 4, 32).0);
 }
 
@@ -337,11 +265,7 @@ fn train_and_val_streams_differ() {
             let (vx, _) = batch(&ds, None, j, 8, 64);
             for r in 0..8 {
                 for q in 0..8 {
-                    assert_ne!(
-                        tx[r * 64..(r + 1) * 64],
-                        vx[q * 64..(q + 1) * 64],
-                        "train {i}/{r} == val {j}/{q}"
-                    );
+                    assert_ne!(tx[r * 64..(r + 1) * 64], vx[q * 64..(q + 1) * 64], "train {i}/{r} == val {j}/{q}");
                 }
             }
         }
@@ -362,23 +286,13 @@ fn sequences_stay_in_their_domain_and_shift_by_one() {
                 let range = d as u32 * m..(d as u32 + 1) * m;
                 let row = r * t..(r + 1) * t;
                 assert!(
-                    x[row.clone()]
-                        .iter()
-                        .chain(&y[row.clone()])
-                        .all(|v| range.contains(v)),
+                    x[row.clone()].iter().chain(&y[row.clone()]).all(|v| range.contains(v)),
                     "row {r} leaves domain {d}"
                 );
-                assert_eq!(
-                    x[r * t + 1..(r + 1) * t],
-                    y[r * t..(r + 1) * t - 1],
-                    "y is not x shifted by one"
-                );
+                assert_eq!(x[r * t + 1..(r + 1) * t], y[r * t..(r + 1) * t - 1], "y is not x shifted by one");
             }
         }
-        assert!(
-            seen.iter().all(|&s| s),
-            "64 rows should visit every domain: {seen:?}"
-        );
+        assert!(seen.iter().all(|&s| s), "64 rows should visit every domain: {seen:?}");
     }
 }
 
@@ -391,10 +305,7 @@ fn short_sequences_are_state_prefixes() {
     let src = ds.synthetic().unwrap();
     assert!((ds.info().loss_floor.unwrap() - src.conditional_entropy(0)).abs() < 1e-15);
     let (x, y) = batch(&ds, Some((0, 0)), 0, 16, 1);
-    assert!(x
-        .iter()
-        .zip(&y)
-        .all(|(&a, &b)| src.domain_of(a) == src.domain_of(b)));
+    assert!(x.iter().zip(&y).all(|(&a, &b)| src.domain_of(a) == src.domain_of(b)));
 }
 
 #[test]
@@ -422,30 +333,17 @@ fn bad_synthetic_configs_are_errors() {
 fn text_file_with_byte_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("corpus.txt");
-    let text: Vec<u8> = (0..1000u32)
-        .map(|i| b'a' + ((i * 7 + i / 13) % 26) as u8)
-        .collect();
+    let text: Vec<u8> = (0..1000u32).map(|i| b'a' + ((i * 7 + i / 13) % 26) as u8).collect();
     write(&path, &text);
     let ds = Dataset::open(&file_cfg(&path, 16)).unwrap();
     let info = ds.info();
     // val = ceil(0.1 * 1000) = 100 tokens, the tail.
     assert_eq!((info.train_tokens, info.val_tokens), (Some(900), Some(100)));
-    assert!(
-        info.description.contains("corpus.txt"),
-        "{}",
-        info.description
-    );
-    assert_eq!(
-        (info.loss_floor, info.entropy_rate, info.bigram_entropy),
-        (None, None, None)
-    );
+    assert!(info.description.contains("corpus.txt"), "{}", info.description);
+    assert_eq!((info.loss_floor, info.entropy_rate, info.bigram_entropy), (None, None, None));
     let mut counts = [0f64; 256];
     text[..900].iter().for_each(|&b| counts[b as usize] += 1.0);
-    let h: f64 = counts
-        .iter()
-        .filter(|&&c| c > 0.0)
-        .map(|&c| -(c / 900.0) * (c / 900.0).ln())
-        .sum();
+    let h: f64 = counts.iter().filter(|&&c| c > 0.0).map(|&c| -(c / 900.0) * (c / 900.0).ln()).sum();
     assert!((info.unigram_entropy.unwrap() - h).abs() < 1e-12);
 
     let (b, t) = (8, 16);
@@ -453,35 +351,22 @@ fn text_file_with_byte_tokenizer() {
     let (x, y) = batch(&ds, Some((3, 0)), 0, b, t);
     for r in 0..b {
         let xs = &x[r * t..(r + 1) * t];
-        let start = (0..=900 - t - 1)
-            .find(|&s| train[s..s + t] == *xs && train[s + 1..s + t + 1] == y[r * t..(r + 1) * t]);
-        assert!(
-            start.is_some(),
-            "row {r} is not a window of the training split"
-        );
+        let start =
+            (0..=900 - t - 1).find(|&s| train[s..s + t] == *xs && train[s + 1..s + t + 1] == y[r * t..(r + 1) * t]);
+        assert!(start.is_some(), "row {r} is not a window of the training split");
     }
-    assert_eq!(
-        batch(&ds, Some((3, 0)), 0, b, t),
-        (x.clone(), y),
-        "train batches must repeat"
-    );
+    assert_eq!(batch(&ds, Some((3, 0)), 0, b, t), (x.clone(), y), "train batches must repeat");
     assert_ne!(batch(&ds, Some((4, 0)), 0, b, t).0, x);
 
     // Validation: windows w = index*batch + row start at 900 + w*16, modulo (100-1)/16 = 6 windows.
     let (vx, vy) = batch(&ds, None, 1, 4, t);
     for r in 0..4 {
         let start = 900 + ((4 + r) % 6) * t;
-        let want: Vec<u32> = text[start..start + t + 1]
-            .iter()
-            .map(|&c| u32::from(c))
-            .collect();
+        let want: Vec<u32> = text[start..start + t + 1].iter().map(|&c| u32::from(c)).collect();
         assert_eq!(vx[r * t..(r + 1) * t], want[..t], "val row {r}");
         assert_eq!(vy[r * t..(r + 1) * t], want[1..], "val row {r}");
     }
-    assert_eq!(
-        ds.tokenizer().decode(&vx[..t]),
-        String::from_utf8_lossy(&text[964..980])
-    );
+    assert_eq!(ds.tokenizer().decode(&vx[..t]), String::from_utf8_lossy(&text[964..980]));
 }
 
 #[test]
@@ -498,24 +383,15 @@ fn directory_is_sorted_concatenated_and_skips_hidden() {
     cfg.data.val_fraction = 0.5;
     let ds = Dataset::open(&cfg).unwrap();
     // Stream: "abc" + '\n' (a.txt has no final newline) + "def\n" + "ghi" = 11 tokens.
-    assert_eq!(
-        (ds.info().train_tokens, ds.info().val_tokens),
-        (Some(5), Some(6))
-    );
-    assert!(
-        ds.info().description.contains("3 files"),
-        "{}",
-        ds.info().description
-    );
+    assert_eq!((ds.info().train_tokens, ds.info().val_tokens), (Some(5), Some(6)));
+    assert!(ds.info().description.contains("3 files"), "{}", ds.info().description);
     let tok = ds.tokenizer();
     // Val split "ef\nghi": (6-1)/2 = 2 windows, at 0 and 2.
     let (x, y) = batch(&ds, None, 0, 3, 2);
     assert_eq!(tok.decode(&x), "ef\ngef");
     assert_eq!(tok.decode(&y), "f\nghf\n");
     let (x, _) = batch(&ds, Some((0, 0)), 0, 64, 2);
-    assert!(x
-        .chunks(2)
-        .all(|w| ["ab", "bc", "c\n", "\nd"].contains(&tok.decode(w).as_str())));
+    assert!(x.chunks(2).all(|w| ["ab", "bc", "c\n", "\nd"].contains(&tok.decode(w).as_str())));
 }
 
 #[test]
@@ -523,19 +399,11 @@ fn u16_token_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.u16");
     let ids: Vec<u16> = (0..400u16).map(|i| (i * 37) % 250).collect();
-    write(
-        &path,
-        &ids.iter()
-            .flat_map(|i| i.to_le_bytes())
-            .collect::<Vec<u8>>(),
-    );
+    write(&path, &ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>());
     let mut cfg = file_cfg(&path, 8);
     cfg.data.val_fraction = 0.25;
     let ds = Dataset::open(&cfg).unwrap();
-    assert_eq!(
-        (ds.info().train_tokens, ds.info().val_tokens),
-        (Some(300), Some(100))
-    );
+    assert_eq!((ds.info().train_tokens, ds.info().val_tokens), (Some(300), Some(100)));
     let (x, y) = batch(&ds, None, 0, 2, 8);
     let want: Vec<u32> = ids[300..317].iter().map(|&i| u32::from(i)).collect();
     assert_eq!(x, [&want[..8], &want[8..16]].concat());
@@ -555,10 +423,7 @@ fn hf_tokenizer_round_trip_and_corpus() {
     let mut cfg = file_cfg(&corpus, 4);
     cfg.data.tokenizer = spec;
     let ds = Dataset::open(&cfg).unwrap();
-    assert_eq!(
-        (ds.info().train_tokens, ds.info().val_tokens),
-        (Some(90), Some(10))
-    );
+    assert_eq!((ds.info().train_tokens, ds.info().val_tokens), (Some(90), Some(10)));
     // Two equally frequent words: ln 2.
     assert!((ds.info().unigram_entropy.unwrap() - 2f64.ln()).abs() < 1e-12);
     let (x, _) = batch(&ds, Some((0, 0)), 0, 4, 4);
@@ -591,10 +456,7 @@ fn empty_file() {
     for name in ["empty.txt", "empty.u16"] {
         let path = dir.path().join(name);
         write(&path, b"");
-        assert_mentions(
-            &data_err(Dataset::open(&file_cfg(&path, 8))),
-            &[name, "empty"],
-        );
+        assert_mentions(&data_err(Dataset::open(&file_cfg(&path, 8))), &[name, "empty"]);
     }
 }
 
@@ -609,10 +471,7 @@ fn file_too_short_for_a_window() {
     // Only validation too short: 200 tokens leave 20 for validation.
     write(&path, &[b'x'; 200]);
     let msg = data_err(Dataset::open(&file_cfg(&path, 128)));
-    assert_mentions(
-        &msg,
-        &["200 tokens", "180 train", "20 validation", "129", "1281"],
-    );
+    assert_mentions(&msg, &["200 tokens", "180 train", "20 validation", "129", "1281"]);
     // Exactly enough opens.
     write(&path, &[b'x'; 1281]);
     Dataset::open(&file_cfg(&path, 128)).unwrap();
@@ -622,10 +481,7 @@ fn file_too_short_for_a_window() {
 fn directory_without_usable_files() {
     let dir = tempfile::tempdir().unwrap();
     let msg = data_err(Dataset::open(&file_cfg(dir.path(), 8)));
-    assert_mentions(
-        &msg,
-        &[&dir.path().display().to_string(), "no usable files"],
-    );
+    assert_mentions(&msg, &[&dir.path().display().to_string(), "no usable files"]);
     write(&dir.path().join(".hidden"), b"text");
     write(&dir.path().join("sub/empty.txt"), b"");
     let msg = data_err(Dataset::open(&file_cfg(dir.path(), 8)));
@@ -637,10 +493,7 @@ fn directory_with_a_token_file() {
     let dir = tempfile::tempdir().unwrap();
     write(&dir.path().join("a.txt"), &[b'x'; 400]);
     write(&dir.path().join("b.u16"), &[0; 400]);
-    assert_mentions(
-        &data_err(Dataset::open(&file_cfg(dir.path(), 8))),
-        &["b.u16", "data.source"],
-    );
+    assert_mentions(&data_err(Dataset::open(&file_cfg(dir.path(), 8))), &["b.u16", "data.source"]);
 }
 
 #[test]
@@ -653,10 +506,7 @@ fn non_utf8_with_hf_tokenizer() {
     let mut cfg = file_cfg(&path, 8);
     cfg.data.tokenizer = hf_tokenizer(dir.path(), 0);
     let msg = data_err(Dataset::open(&cfg));
-    assert_mentions(
-        &msg,
-        &["latin1.txt", "UTF-8", "offset 17", "\"byte\"", "convert"],
-    );
+    assert_mentions(&msg, &["latin1.txt", "UTF-8", "offset 17", "\"byte\"", "convert"]);
     // The byte tokenizer takes the same file.
     Dataset::open(&file_cfg(&path, 8)).unwrap();
 }
@@ -666,10 +516,7 @@ fn u16_file_with_odd_length() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("odd.u16");
     write(&path, &[1u8; 401]);
-    assert_mentions(
-        &data_err(Dataset::open(&file_cfg(&path, 8))),
-        &["odd.u16", "401 bytes", "odd"],
-    );
+    assert_mentions(&data_err(Dataset::open(&file_cfg(&path, 8))), &["odd.u16", "401 bytes", "odd"]);
 }
 
 #[test]
@@ -678,31 +525,15 @@ fn token_id_beyond_vocab() {
     let path = dir.path().join("big.u16");
     let mut ids = vec![5u16; 400];
     ids[123] = 300;
-    write(
-        &path,
-        &ids.iter()
-            .flat_map(|i| i.to_le_bytes())
-            .collect::<Vec<u8>>(),
-    );
+    write(&path, &ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>());
     let msg = data_err(Dataset::open(&file_cfg(&path, 8)));
-    assert_mentions(
-        &msg,
-        &[
-            "big.u16",
-            "token id 300",
-            "model.vocab_size = 256",
-            "at least 301",
-        ],
-    );
+    assert_mentions(&msg, &["big.u16", "token id 300", "model.vocab_size = 256", "at least 301"]);
     // A byte corpus against a small vocabulary.
     let path = dir.path().join("ascii.txt");
     write(&path, &b"abcz".repeat(100));
     let mut cfg = file_cfg(&path, 8);
     cfg.model.vocab_size = 120;
-    assert_mentions(
-        &data_err(Dataset::open(&cfg)),
-        &["ascii.txt", "token id 122", "model.vocab_size"],
-    );
+    assert_mentions(&data_err(Dataset::open(&cfg)), &["ascii.txt", "token id 122", "model.vocab_size"]);
     // And in a directory, naming the file.
     let sub = dir.path().join("d");
     write(&sub.join("ok.txt"), &b"abc".repeat(100));
@@ -719,21 +550,12 @@ fn missing_or_broken_tokenizer_json() {
     write(&corpus, &b"hello world ".repeat(50));
     let mut cfg = file_cfg(&corpus, 4);
     cfg.data.tokenizer = dir.path().join("absent.json").display().to_string();
-    assert_mentions(
-        &data_err(Dataset::open(&cfg)),
-        &["absent.json", "does not exist", "\"byte\""],
-    );
+    assert_mentions(&data_err(Dataset::open(&cfg)), &["absent.json", "does not exist", "\"byte\""]);
     let broken = dir.path().join("broken.json");
     write(&broken, b"{\"model\": 42");
     cfg.data.tokenizer = broken.display().to_string();
-    assert_mentions(
-        &data_err(Dataset::open(&cfg)),
-        &["broken.json", "cannot parse"],
-    );
-    assert!(matches!(
-        Tokenizer::from_spec("/nonexistent/tokenizer.json"),
-        Err(Error::Data(_))
-    ));
+    assert_mentions(&data_err(Dataset::open(&cfg)), &["broken.json", "cannot parse"]);
+    assert!(matches!(Tokenizer::from_spec("/nonexistent/tokenizer.json"), Err(Error::Data(_))));
 }
 
 #[test]
@@ -744,10 +566,7 @@ fn hf_vocab_larger_than_model() {
     let mut cfg = file_cfg(&corpus, 4);
     cfg.data.tokenizer = hf_tokenizer(dir.path(), 297);
     let msg = data_err(Dataset::open(&cfg));
-    assert_mentions(
-        &msg,
-        &["tokenizer297.json", "300", "model.vocab_size = 256"],
-    );
+    assert_mentions(&msg, &["tokenizer297.json", "300", "model.vocab_size = 256"]);
     cfg.model.vocab_size = 300;
     Dataset::open(&cfg).unwrap();
 }
@@ -760,10 +579,7 @@ fn bad_val_fraction_is_an_error() {
     for f in [0.0, 1.0, -0.5, f64::NAN] {
         let mut cfg = file_cfg(&path, 8);
         cfg.data.val_fraction = f;
-        assert!(
-            matches!(Dataset::open(&cfg), Err(Error::Config(_))),
-            "val_fraction {f}"
-        );
+        assert!(matches!(Dataset::open(&cfg), Err(Error::Config(_))), "val_fraction {f}");
     }
 }
 
@@ -786,11 +602,7 @@ fn pools_bound_the_successors_of_each_last_token() {
                 }
             }
             let n = seen.iter().filter(|&&x| x).count();
-            assert!(
-                n <= s.pool && n >= s.branching,
-                "domain {d}, last token {last}: {n} successors, pool {}",
-                s.pool
-            );
+            assert!(n <= s.pool && n >= s.branching, "domain {d}, last token {last}: {n} successors, pool {}", s.pool);
         }
     }
     // The bigram is informative: well below the within-domain uniform ln m.

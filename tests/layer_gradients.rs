@@ -46,11 +46,7 @@ fn check(name: &str, x: &mut [f32], analytic: &[f32], mut loss: impl FnMut(&[f32
         x[i] = x0;
         let numeric = (lp - lm) / (2.0 * H as f64);
         let err = rel_err(analytic[i] as f64, numeric, FLOOR);
-        assert!(
-            err < TOL,
-            "{name}[{i}]: analytic {} vs numeric {numeric} (rel err {err:.2e})",
-            analytic[i]
-        );
+        assert!(err < TOL, "{name}[{i}]: analytic {} vs numeric {numeric} (rel err {err:.2e})", analytic[i]);
     }
 }
 
@@ -65,16 +61,7 @@ fn layernorm() {
     let dout = normal(&mut r, rows * c);
     let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
         let (mut o, mut m, mut s) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
-        be.layernorm_fwd(
-            &mut o,
-            &mut m,
-            &mut s,
-            &x.to_vec(),
-            &w.to_vec(),
-            &b.to_vec(),
-            rows,
-            c,
-        );
+        be.layernorm_fwd(&mut o, &mut m, &mut s, &x.to_vec(), &w.to_vec(), &b.to_vec(), rows, c);
         (o, m, s)
     };
     let (_, mean, rstd) = fwd(&x, &w, &b);
@@ -82,21 +69,13 @@ fn layernorm() {
     let base = uniform(&mut r, rows * c, 1.0);
     let mut dx = base.clone();
     let (mut dw, mut db) = (vec![0.0; c], vec![0.0; c]);
-    be.layernorm_bwd(
-        &mut dx, &mut dw, &mut db, &dout, &x, &w, &mean, &rstd, rows, c,
-    );
+    be.layernorm_bwd(&mut dx, &mut dw, &mut db, &dout, &x, &w, &mean, &rstd, rows, c);
     let dx: Vec<f32> = dx.iter().zip(&base).map(|(a, b)| a - b).collect();
     let (w0, b0) = (w.clone(), b.clone());
-    check("layernorm dx", &mut x.clone(), &dx, |x| {
-        dot(&fwd(x, &w0, &b0).0, &dout)
-    });
-    check("layernorm dw", &mut w, &dw, |w| {
-        dot(&fwd(&x, w, &b0).0, &dout)
-    });
+    check("layernorm dx", &mut x.clone(), &dx, |x| dot(&fwd(x, &w0, &b0).0, &dout));
+    check("layernorm dw", &mut w, &dw, |w| dot(&fwd(&x, w, &b0).0, &dout));
     let w1 = w.clone();
-    check("layernorm db", &mut b, &db, |b| {
-        dot(&fwd(&x, &w1, b).0, &dout)
-    });
+    check("layernorm db", &mut b, &db, |b| dot(&fwd(&x, &w1, b).0, &dout));
 }
 
 #[test]
@@ -130,17 +109,7 @@ fn linear_matmul_and_bias() {
     let dout = normal(&mut r, m * n);
     let fwd = |a: &[f32], w: &[f32], bias: &[f32]| {
         let mut o = vec![0.0; m * n];
-        be.matmul(
-            &mut o,
-            &a.to_vec(),
-            &w.to_vec(),
-            m,
-            k,
-            n,
-            false,
-            false,
-            false,
-        );
+        be.matmul(&mut o, &a.to_vec(), &w.to_vec(), m, k, n, false, false, false);
         be.add_bias(&mut o, &bias.to_vec(), m, n);
         o
     };
@@ -151,13 +120,9 @@ fn linear_matmul_and_bias() {
     let mut db = vec![0.0; n];
     be.bias_grad(&mut db, &dout, m, n);
     let (w0, b0) = (w.clone(), bias.clone());
-    check("linear da", &mut a.clone(), &da, |a| {
-        dot(&fwd(a, &w0, &b0), &dout)
-    });
+    check("linear da", &mut a.clone(), &da, |a| dot(&fwd(a, &w0, &b0), &dout));
     check("linear dw", &mut w, &dw, |w| dot(&fwd(&a, w, &b0), &dout));
-    check("linear dbias", &mut bias, &db, |b| {
-        dot(&fwd(&a, &w0, b), &dout)
-    });
+    check("linear dbias", &mut bias, &db, |b| dot(&fwd(&a, &w0, b), &dout));
 }
 
 #[test]
@@ -177,12 +142,8 @@ fn embedding() {
     let (mut dte, mut dpe) = (vec![0.0; v * d], vec![0.0; t * d]);
     be.embedding_bwd(&mut dte, &mut dpe, &dout, &tokens, b, t, d);
     let wpe0 = wpe.clone();
-    check("embedding dwte", &mut wte, &dte, |w| {
-        dot(&fwd(w, &wpe0), &dout)
-    });
-    check("embedding dwpe", &mut wpe, &dpe, |w| {
-        dot(&fwd(&wte, w), &dout)
-    });
+    check("embedding dwte", &mut wte, &dte, |w| dot(&fwd(w, &wpe0), &dout));
+    check("embedding dwpe", &mut wpe, &dpe, |w| dot(&fwd(&wte, w), &dout));
 }
 
 #[test]
@@ -215,15 +176,7 @@ fn cross_entropy() {
     let scale = 0.7f32;
     let mut losses = vec![0.0; rows];
     let mut dl = vec![f32::NAN; rows * v];
-    be.cross_entropy(
-        &mut losses,
-        Some(&mut dl),
-        &logits,
-        &targets,
-        rows,
-        v,
-        scale,
-    );
+    be.cross_entropy(&mut losses, Some(&mut dl), &logits, &targets, rows, v, scale);
     check("cross_entropy dlogits", &mut logits, &dl, |l| {
         let mut ls = vec![0.0; rows];
         be.cross_entropy(&mut ls, None, &l.to_vec(), &targets, rows, v, 0.0);
@@ -256,46 +209,28 @@ fn router_case(k: usize, normalize: bool, seed: u64) {
             let j = (rand::Rng::random_range(&mut r, 0..=i as u32)) as usize;
             lv.swap(i, j);
         }
-        logits.extend(
-            lv.iter()
-                .map(|x| x + rand::Rng::random_range(&mut r, -0.2..0.2f32)),
-        );
+        logits.extend(lv.iter().map(|x| x + rand::Rng::random_range(&mut r, -0.2..0.2f32)));
     }
     let wgt = normal(&mut r, n * k);
     let run = |z: &[f32]| {
         let (mut p, mut ex, mut g) = (vec![0.0; n * e], vec![0; n * k], vec![0.0; n * k]);
         let (mut row, mut ra, mut off) = (vec![0; n * k], vec![0; n * k], vec![0; e + 1]);
         let mut st = vec![0.0; switchyard::backend::RouterStats::len(e)];
-        be.router_fwd(
-            &mut p,
-            &mut ex,
-            &mut g,
-            &mut row,
-            &mut ra,
-            &mut off,
-            &mut st,
-            &z.to_vec(),
-            &rp,
-        );
+        be.router_fwd(&mut p, &mut ex, &mut g, &mut row, &mut ra, &mut off, &mut st, &z.to_vec(), &rp);
         (p, ex, g, st)
     };
     let (p, ex, _, st) = run(&logits);
     let mut dz = vec![f32::NAN; n * e];
     be.router_bwd(&mut dz, &wgt, &logits, &p, &ex, &st, &rp, 1.0);
     let ex0 = ex.clone();
-    check(
-        &format!("router dlogits (k={k}, normalize={normalize})"),
-        &mut logits,
-        &dz,
-        |z| {
-            let (_, ex, g, st) = run(z);
-            assert_eq!(ex, ex0, "top-k changed under the FD step");
-            let e_ = e;
-            dot(&g, &wgt)
-                + st[switchyard::backend::RouterStats::aux(e_)] as f64
-                + st[switchyard::backend::RouterStats::z(e_)] as f64
-        },
-    );
+    check(&format!("router dlogits (k={k}, normalize={normalize})"), &mut logits, &dz, |z| {
+        let (_, ex, g, st) = run(z);
+        assert_eq!(ex, ex0, "top-k changed under the FD step");
+        let e_ = e;
+        dot(&g, &wgt)
+            + st[switchyard::backend::RouterStats::aux(e_)] as f64
+            + st[switchyard::backend::RouterStats::z(e_)] as f64
+    });
 }
 
 #[test]
@@ -339,24 +274,10 @@ fn dispatch_and_combine() {
         o
     };
     let (mut dye, mut dg) = (vec![0.0; rows * d], vec![f32::NAN; n * k]);
-    be.combine_bwd(
-        &mut dye,
-        &mut dg,
-        &dout,
-        &ye,
-        &row,
-        &row_assign,
-        &gate,
-        rows,
-        n,
-        k,
-        d,
-    );
+    be.combine_bwd(&mut dye, &mut dg, &dout, &ye, &row, &row_assign, &gate, rows, n, k, d);
     let g0 = gate.clone();
     check("combine dye", &mut ye, &dye, |y| dot(&comb(y, &g0), &dout));
-    check("combine dgate", &mut gate, &dg, |g| {
-        dot(&comb(&ye, g), &dout)
-    });
+    check("combine dgate", &mut gate, &dg, |g| dot(&comb(&ye, g), &dout));
     // dispatch: only rows with an assignment are defined outputs.
     let disp = |x: &[f32]| {
         let mut xe = vec![0.0; rows * d];
@@ -364,15 +285,7 @@ fn dispatch_and_combine() {
         xe
     };
     let mut dx = vec![0.0; n * d];
-    let masked: Vec<f32> = (0..rows * d)
-        .map(|i| {
-            if row_assign[i / d] >= 0 {
-                dxe_w[i]
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let masked: Vec<f32> = (0..rows * d).map(|i| if row_assign[i / d] >= 0 { dxe_w[i] } else { 0.0 }).collect();
     be.dispatch_bwd(&mut dx, &masked, &row, n, k, d);
     check("dispatch dx", &mut x, &dx, |x| dot(&disp(x), &masked));
 }
@@ -391,28 +304,13 @@ fn grouped_matmul() {
     let dout = normal(&mut r, m * n);
     let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
         let mut o = vec![f32::NAN; m * n];
-        be.grouped_matmul(
-            &mut o,
-            &x.to_vec(),
-            &w.to_vec(),
-            &b.to_vec(),
-            &offsets,
-            e,
-            k,
-            n,
-        );
+        be.grouped_matmul(&mut o, &x.to_vec(), &w.to_vec(), &b.to_vec(), &offsets, e, k, n);
         o
     };
-    let (mut dx, mut dw, mut db) = (
-        vec![f32::NAN; m * k],
-        vec![0.0; e * k * n],
-        vec![0.0; e * n],
-    );
+    let (mut dx, mut dw, mut db) = (vec![f32::NAN; m * k], vec![0.0; e * k * n], vec![0.0; e * n]);
     be.grouped_matmul_bwd(&mut dx, &mut dw, &mut db, &dout, &x, &w, &offsets, e, k, n);
     let (w0, b0) = (w.clone(), b.clone());
-    check("grouped dx", &mut x.clone(), &dx, |x| {
-        dot(&fwd(x, &w0, &b0), &dout)
-    });
+    check("grouped dx", &mut x.clone(), &dx, |x| dot(&fwd(x, &w0, &b0), &dout));
     check("grouped dw", &mut w, &dw, |w| dot(&fwd(&x, w, &b0), &dout));
     check("grouped db", &mut b, &db, |b| dot(&fwd(&x, &w0, b), &dout));
     // The empty expert's gradients stay exactly zero.

@@ -40,9 +40,7 @@ const ABS_FLOOR: f64 = 5e-3;
 type Routing = Vec<(Vec<i32>, Vec<i32>)>;
 
 fn routing(model: &Model<Cpu>, be: &Cpu) -> Routing {
-    (0..model.cfg.model.n_layer)
-        .filter_map(|l| model.routing(be, l).map(|(e, r, _)| (e, r)))
-        .collect()
+    (0..model.cfg.model.n_layer).filter_map(|l| model.routing(be, l).map(|(e, r, _)| (e, r))).collect()
 }
 
 fn check_model(mut cfg: Config, seed: u64) {
@@ -56,10 +54,7 @@ fn check_model(mut cfg: Config, seed: u64) {
     let mut r = rng(seed);
     let x = tokens(&mut r, b * t, cfg.model.vocab_size);
     let y = tokens(&mut r, b * t, cfg.model.vocab_size);
-    let pass = Pass::Train {
-        jitter_seed: seed,
-        loss_weight: 1.0,
-    };
+    let pass = Pass::Train { jitter_seed: seed, loss_weight: 1.0 };
     model.zero_grads(&be);
     let base = model.step(&be, &x, &y, b, t, pass).unwrap();
     let route0 = routing(&model, &be);
@@ -71,11 +66,7 @@ fn check_model(mut cfg: Config, seed: u64) {
         let mut u = normal(&mut r, p0.len());
         let norm = u.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt() as f32;
         u.iter_mut().for_each(|v| *v /= norm);
-        let analytic: f64 = grads[i]
-            .iter()
-            .zip(&u)
-            .map(|(g, u)| (*g as f64) * (*u as f64))
-            .sum();
+        let analytic: f64 = grads[i].iter().zip(&u).map(|(g, u)| (*g as f64) * (*u as f64)).sum();
         let mut eval = |sign: f32| {
             let p: Vec<f32> = p0.iter().zip(&u).map(|(p, u)| p + sign * EPS * u).collect();
             be.upload(&mut model.params[i], &p);

@@ -62,23 +62,13 @@ fn params(n: usize, e: usize, k: usize, cf: f64) -> RouterParams {
 
 /// Position of each assignment within its expert, recovered from the rows.
 fn positions(r: &Routed) -> Vec<Option<usize>> {
-    r.row
-        .iter()
-        .zip(&r.expert)
-        .map(|(&row, &e)| (row >= 0).then(|| (row - r.offsets[e as usize]) as usize))
-        .collect()
+    r.row.iter().zip(&r.expert).map(|(&row, &e)| (row >= 0).then(|| (row - r.offsets[e as usize]) as usize)).collect()
 }
 
 #[test]
 fn no_expert_over_capacity_and_rows_are_a_permutation() {
-    for (seed, (n, e, k, cf)) in [
-        (37, 8, 1, 1.0),
-        (64, 4, 2, 1.25),
-        (101, 16, 2, 0.5),
-        (13, 3, 1, 2.0),
-    ]
-    .into_iter()
-    .enumerate()
+    for (seed, (n, e, k, cf)) in
+        [(37, 8, 1, 1.0), (64, 4, 2, 1.25), (101, 16, 2, 0.5), (13, 3, 1, 2.0)].into_iter().enumerate()
     {
         let mut g = rng(200 + seed as u64);
         let logits = uniform(&mut g, n * e, 3.0);
@@ -86,17 +76,8 @@ fn no_expert_over_capacity_and_rows_are_a_permutation() {
         let r = route(&logits, &rp);
         let kept = &r.stats[RouterStats::kept(e)..RouterStats::kept(e) + e];
         for ex in 0..e {
-            let count = r
-                .expert
-                .iter()
-                .zip(&r.row)
-                .filter(|(&x, &row)| x == ex as i32 && row >= 0)
-                .count();
-            assert!(
-                count <= rp.capacity,
-                "expert {ex} holds {count} > C = {}",
-                rp.capacity
-            );
+            let count = r.expert.iter().zip(&r.row).filter(|(&x, &row)| x == ex as i32 && row >= 0).count();
+            assert!(count <= rp.capacity, "expert {ex} holds {count} > C = {}", rp.capacity);
             assert_eq!(count as f32, kept[ex]);
             assert_eq!((r.offsets[ex + 1] - r.offsets[ex]) as usize, count);
         }
@@ -140,10 +121,7 @@ fn top1_matches_hf_cumsum_priority() {
             assert_eq!(pos[t], Some(priority - 1));
         }
     }
-    assert!(
-        r.row.iter().any(|&x| x < 0),
-        "this case must drop tokens to be meaningful"
-    );
+    assert!(r.row.iter().any(|&x| x < 0), "this case must drop tokens to be meaningful");
 }
 
 #[test]
@@ -172,17 +150,10 @@ fn top2_places_all_first_choices_before_second_choices() {
         if let Some(p) = pos[a] {
             assert_eq!(p, expect);
             if j == 1 {
-                assert!(
-                    p >= count[ex][0],
-                    "a second choice precedes a first choice at expert {ex}"
-                );
+                assert!(p >= count[ex][0], "a second choice precedes a first choice at expert {ex}");
             }
         }
-        assert_ne!(
-            r.expert[t * k],
-            r.expert[t * k + 1],
-            "top-2 picked the same expert twice"
-        );
+        assert_ne!(r.expert[t * k], r.expert[t * k + 1], "top-2 picked the same expert twice");
     }
 }
 
@@ -203,11 +174,8 @@ fn dropless_keeps_everything() {
     let (n, e, k) = (33, 5, 2);
     let mut g = rng(212);
     // Heavily skewed: every token prefers expert 0 and 1.
-    let logits: Vec<f32> = uniform(&mut g, n * e, 0.5)
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v + if i % e < 2 { 5.0 } else { 0.0 })
-        .collect();
+    let logits: Vec<f32> =
+        uniform(&mut g, n * e, 0.5).iter().enumerate().map(|(i, v)| v + if i % e < 2 { 5.0 } else { 0.0 }).collect();
     let r = route(&logits, &params(n, e, k, 0.0));
     assert!(r.row.iter().all(|&x| x >= 0));
     assert_eq!(r.stats[RouterStats::dropped(e)], 0.0);
@@ -229,10 +197,7 @@ fn gates_aux_and_z_values() {
     let mut pm = vec![0.0f64; e];
     let mut lse2 = 0.0f64;
     for t in 0..n {
-        let z: Vec<f64> = logits[t * e..(t + 1) * e]
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
+        let z: Vec<f64> = logits[t * e..(t + 1) * e].iter().map(|&x| x as f64).collect();
         let mx = z.iter().cloned().fold(f64::MIN, f64::max);
         let s: f64 = z.iter().map(|v| (v - mx).exp()).sum();
         let p: Vec<f64> = z.iter().map(|v| (v - mx).exp() / s).collect();
@@ -260,9 +225,7 @@ fn dropped_tokens_pass_through_unchanged() {
     let be = Cpu::new(2).unwrap();
     let (n, e, k, d) = (12, 2, 1, 5);
     let mut g = rng(214);
-    let logits: Vec<f32> = (0..n * e)
-        .map(|i| if i % e == 0 { 3.0 } else { 0.0 })
-        .collect();
+    let logits: Vec<f32> = (0..n * e).map(|i| if i % e == 0 { 3.0 } else { 0.0 }).collect();
     let rp = params(n, e, k, 0.5); // C = ceil(0.5 * 12 / 2) = 3: most tokens dropped
     let r = route(&logits, &rp);
     let x = uniform(&mut g, n * d, 1.0);

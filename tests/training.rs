@@ -51,23 +51,9 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-fn run(
-    cfg: &Config,
-    out: &Path,
-    resume: Option<PathBuf>,
-    max: Option<u64>,
-) -> switchyard::Result<TrainSummary> {
+fn run(cfg: &Config, out: &Path, resume: Option<PathBuf>, max: Option<u64>) -> switchyard::Result<TrainSummary> {
     let be = Cpu::new(2).unwrap();
-    train::train(
-        &be,
-        cfg,
-        &TrainOptions {
-            out: out.to_path_buf(),
-            resume,
-            progress: false,
-            max_steps_this_run: max,
-        },
-    )
+    train::train(&be, cfg, &TrainOptions { out: out.to_path_buf(), resume, progress: false, max_steps_this_run: max })
 }
 
 /// Margin over the floor: 0.15 nats. The easy corpus has floor ~0.5 and
@@ -82,18 +68,9 @@ fn assert_learns(moe: bool) {
     let s = run(&cfg, dir.path(), None, None).unwrap();
     let floor = s.loss_floor.unwrap();
     let val = s.val_loss.unwrap();
-    eprintln!(
-        "moe={moe}: val {val:.4}, floor {floor:.4}, unigram {:.4}",
-        s.unigram_entropy.unwrap()
-    );
-    assert!(
-        val < floor + MARGIN,
-        "val loss {val} is not within {MARGIN} of the floor {floor}"
-    );
-    assert!(
-        val > floor - 0.05,
-        "val loss {val} is below the exact floor {floor}: the floor or the loss is wrong"
-    );
+    eprintln!("moe={moe}: val {val:.4}, floor {floor:.4}, unigram {:.4}", s.unigram_entropy.unwrap());
+    assert!(val < floor + MARGIN, "val loss {val} is not within {MARGIN} of the floor {floor}");
+    assert!(val > floor - 0.05, "val loss {val} is below the exact floor {floor}: the floor or the loss is wrong");
 }
 
 #[test]
@@ -127,12 +104,7 @@ fn bits(v: &[f64]) -> Vec<u64> {
 fn params_of(dir: &Path, cfg: &Config) -> Vec<Vec<u32>> {
     let ck = checkpoint::load(&checkpoint::resolve(dir).unwrap(), cfg, true).unwrap();
     let (m, v) = ck.moments.unwrap();
-    ck.params
-        .iter()
-        .chain(&m)
-        .chain(&v)
-        .map(|t| t.iter().map(|x| x.to_bits()).collect())
-        .collect()
+    ck.params.iter().chain(&m).chain(&v).map(|t| t.iter().map(|x| x.to_bits()).collect()).collect()
 }
 
 #[test]
@@ -165,11 +137,7 @@ fn resume_continues_bit_for_bit() {
     assert_eq!(bits(&s1.losses), bits(&s_full.losses[..5]));
     let s2 = run(&cfg, part.path(), Some(part.path().to_path_buf()), None).unwrap();
     assert_eq!(s2.steps, 12);
-    assert_eq!(
-        bits(&s2.losses),
-        bits(&s_full.losses[5..]),
-        "losses after resuming differ from the uninterrupted run"
-    );
+    assert_eq!(bits(&s2.losses), bits(&s_full.losses[5..]), "losses after resuming differ from the uninterrupted run");
     assert_eq!(params_of(part.path(), &cfg), params_of(full.path(), &cfg));
     // metrics.jsonl reads as one run: steps 1..=12 once each.
     let text = std::fs::read_to_string(part.path().join("metrics.jsonl")).unwrap();
@@ -190,10 +158,8 @@ fn checkpoint_round_trip_and_eval() {
     let ck_dir = checkpoint::resolve(dir.path()).unwrap();
     assert!(ck_dir.ends_with("ckpt-000012"));
     // keep_checkpoints = 2: only the two newest remain.
-    let names: Vec<String> = checkpoint::list(dir.path())
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into())
-        .collect();
+    let names: Vec<String> =
+        checkpoint::list(dir.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into()).collect();
     assert_eq!(names, vec!["ckpt-000008", "ckpt-000012"]);
     let stored = checkpoint::read_config(&ck_dir).unwrap();
     assert_eq!(stored, cfg);
@@ -219,24 +185,13 @@ fn checkpoint_round_trip_and_eval() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names = st.names();
     names.sort();
-    for want in [
-        "wte",
-        "wpe",
-        "ln_f.weight",
-        "h.0.attn.qkv.weight",
-        "h.1.moe.router.weight",
-        "h.1.moe.experts.fc.weight",
-    ] {
+    for want in
+        ["wte", "wpe", "ln_f.weight", "h.0.attn.qkv.weight", "h.1.moe.router.weight", "h.1.moe.experts.fc.weight"]
+    {
         assert!(names.contains(&want), "missing tensor {want}");
     }
-    assert_eq!(
-        st.tensor("h.0.moe.experts.fc.weight").unwrap().shape(),
-        &[4, 64, 128]
-    );
-    assert_eq!(
-        st.tensor("h.0.moe.router.weight").unwrap().shape(),
-        &[64, 4]
-    );
+    assert_eq!(st.tensor("h.0.moe.experts.fc.weight").unwrap().shape(), &[4, 64, 128]);
+    assert_eq!(st.tensor("h.0.moe.router.weight").unwrap().shape(), &[64, 4]);
 }
 
 fn ckpt_err(r: switchyard::Result<impl Sized>) -> String {
@@ -257,18 +212,10 @@ fn loading_into_a_different_config_names_the_keys() {
     other.model.n_experts = 8;
     other.model.d_ff = 96;
     let msg = ckpt_err(checkpoint::load(&ck, &other, true));
-    assert!(
-        msg.contains("model.n_experts is 4 in the checkpoint but 8"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.n_experts is 4 in the checkpoint but 8"), "{msg}");
     assert!(msg.contains("model.d_ff"), "{msg}");
     // Resuming a run with a different model config fails the same way, before training.
-    let msg = ckpt_err(run(
-        &other,
-        dir.path(),
-        Some(dir.path().to_path_buf()),
-        None,
-    ));
+    let msg = ckpt_err(run(&other, dir.path(), Some(dir.path().to_path_buf()), None));
     assert!(msg.contains("different model config"), "{msg}");
 }
 
@@ -286,10 +233,7 @@ fn truncated_and_corrupted_checkpoints_are_refused() {
     bad[last] ^= 0x40;
     std::fs::write(&model, &bad).unwrap();
     let msg = ckpt_err(checkpoint::load(&ck, &cfg, false));
-    assert!(
-        msg.contains("truncated or corrupted") && msg.contains("checksum"),
-        "{msg}"
-    );
+    assert!(msg.contains("truncated or corrupted") && msg.contains("checksum"), "{msg}");
     // Truncate.
     std::fs::write(&model, &good[..good.len() / 2]).unwrap();
     let msg = ckpt_err(checkpoint::load(&ck, &cfg, false));
@@ -318,18 +262,9 @@ fn divergence_stops_with_the_step_and_last_checkpoint() {
     let err = run(&cfg, dir.path(), None, None).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Diverged(_)), "{msg}");
-    assert!(
-        msg.contains("at step") && msg.contains("last good checkpoint is"),
-        "{msg}"
-    );
+    assert!(msg.contains("at step") && msg.contains("last good checkpoint is"), "{msg}");
     // The named checkpoint exists and loads (nothing saved was lost).
-    let named = msg
-        .split("last good checkpoint is ")
-        .nth(1)
-        .unwrap()
-        .split(". ")
-        .next()
-        .unwrap();
+    let named = msg.split("last good checkpoint is ").nth(1).unwrap().split(". ").next().unwrap();
     checkpoint::load(Path::new(named), &cfg, true).unwrap();
 }
 
@@ -340,20 +275,12 @@ fn unwritable_or_occupied_run_directory() {
     // A regular file where the run directory should be.
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let msg = run(&cfg, &file.join("run"), None, None)
-        .unwrap_err()
-        .to_string();
+    let msg = run(&cfg, &file.join("run"), None, None).unwrap_err().to_string();
     assert!(msg.contains("choose a writable --out"), "{msg}");
     // A directory that already holds a run is not overwritten.
     run(&cfg, dir.path(), None, Some(1)).unwrap();
     let before = std::fs::read(dir.path().join("metrics.jsonl")).unwrap();
     let msg = run(&cfg, dir.path(), None, None).unwrap_err().to_string();
-    assert!(
-        msg.contains("already holds a run") && msg.contains("--resume"),
-        "{msg}"
-    );
-    assert_eq!(
-        std::fs::read(dir.path().join("metrics.jsonl")).unwrap(),
-        before
-    );
+    assert!(msg.contains("already holds a run") && msg.contains("--resume"), "{msg}");
+    assert_eq!(std::fs::read(dir.path().join("metrics.jsonl")).unwrap(), before);
 }

@@ -287,14 +287,7 @@ pub trait Backend {
     // ---- router -------------------------------------------------------
 
     /// Multiplicative jitter: `mult = U(1-eps, 1+eps)` from `seed`, `out = x * mult` (`=`).
-    fn router_jitter(
-        &self,
-        out: &mut Self::Buf,
-        mult: &mut Self::Buf,
-        x: &Self::Buf,
-        eps: f32,
-        seed: u64,
-    );
+    fn router_jitter(&self, out: &mut Self::Buf, mult: &mut Self::Buf, x: &Self::Buf, eps: f32, seed: u64);
     /// `dx = dout * mult` (`=`), the jitter's backward.
     fn router_jitter_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, mult: &Self::Buf);
     /// Fused routing from fp32 router logits (DESIGN.md §2 steps 2-9):
@@ -353,15 +346,7 @@ pub trait Backend {
     );
     /// `dx[n] += sum_j dxe[row[n*k + j]]` over kept assignments, j ascending.
     #[allow(clippy::too_many_arguments)]
-    fn dispatch_bwd(
-        &self,
-        dx: &mut Self::Buf,
-        dxe: &Self::Buf,
-        row: &Self::IBuf,
-        n: usize,
-        k: usize,
-        d: usize,
-    );
+    fn dispatch_bwd(&self, dx: &mut Self::Buf, dxe: &Self::Buf, row: &Self::IBuf, n: usize, k: usize, d: usize);
     /// `out[n] = sum_j gate[n*k+j] * ye[row[n*k+j]]` over kept assignments (`=`; 0 if none kept).
     #[allow(clippy::too_many_arguments)]
     fn combine_fwd(

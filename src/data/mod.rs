@@ -77,9 +77,7 @@ impl Dataset {
         let seq = cfg.train.seq_len;
         let vocab = cfg.model.vocab_size;
         if seq == 0 {
-            return Err(Error::Config(
-                "train.seq_len = 0; it must be at least 1".into(),
-            ));
+            return Err(Error::Config("train.seq_len = 0; it must be at least 1".into()));
         }
         let d = &cfg.data;
         if d.source == "synthetic" {
@@ -147,12 +145,7 @@ impl Dataset {
             unigram_entropy: Some(corpus.train_unigram_entropy()),
             bigram_entropy: None,
         };
-        Ok(Dataset {
-            source: Source::Files(corpus),
-            seed: cfg.train.seed,
-            info,
-            tokenizer,
-        })
+        Ok(Dataset { source: Source::Files(corpus), seed: cfg.train.seed, info, tokenizer })
     }
 
     /// What this source is.
@@ -171,15 +164,7 @@ impl Dataset {
     /// If `x` or `y` does not hold `batch * seq` tokens, or, for a file corpus,
     /// if the training split is shorter than `seq + 1` tokens (`open` checked
     /// that it holds `train.seq_len + 1`).
-    pub fn train_batch(
-        &self,
-        step: u64,
-        micro: u64,
-        batch: usize,
-        seq: usize,
-        x: &mut [u32],
-        y: &mut [u32],
-    ) {
+    pub fn train_batch(&self, step: u64, micro: u64, batch: usize, seq: usize, x: &mut [u32], y: &mut [u32]) {
         check_shapes(batch, seq, x, y);
         match &self.source {
             Source::Synthetic(src) => {
@@ -266,7 +251,5 @@ fn splitmix64(mut z: u64) -> u64 {
 
 /// Mix a tuple of words into one seed; distinct tuples give unrelated seeds.
 fn mix_seed(parts: &[u64]) -> u64 {
-    parts
-        .iter()
-        .fold(0x6a09_e667_f3bc_c908, |h, &p| splitmix64(h ^ p))
+    parts.iter().fold(0x6a09_e667_f3bc_c908, |h, &p| splitmix64(h ^ p))
 }

@@ -126,22 +126,9 @@ impl SyntheticSource {
         let pool = if cfg.pool == 0 { m } else { cfg.pool };
         let chains: Vec<Chain> = (0..cfg.domains)
             .into_par_iter()
-            .map(|d| {
-                build_chain(
-                    m,
-                    k,
-                    b,
-                    pool,
-                    tel,
-                    mix_seed(&[SOURCE_STREAM, cfg.seed, d as u64]),
-                )
-            })
+            .map(|d| build_chain(m, k, b, pool, tel, mix_seed(&[SOURCE_STREAM, cfg.seed, d as u64])))
             .collect();
-        if let Some((d, c)) = chains
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.residual > STATIONARY_ACCEPT)
-        {
+        if let Some((d, c)) = chains.iter().enumerate().find(|(_, c)| c.residual > STATIONARY_ACCEPT) {
             return Err(Error::Data(format!(
                 "synthetic domain {d}: the stationary distribution did not converge in {} power iterations \
                  (L1 change {:.1e}); the chain mixes too slowly: raise data.synthetic.teleport (0.02 is the default)",
@@ -241,10 +228,7 @@ impl SyntheticSource {
 
     /// `H_t = H(X_{t+1} | X_0..X_t)`, the best achievable expected loss at position `t`.
     pub fn conditional_entropy(&self, t: usize) -> f64 {
-        self.prefix_cond
-            .get(t)
-            .copied()
-            .unwrap_or(self.entropy_rate)
+        self.prefix_cond.get(t).copied().unwrap_or(self.entropy_rate)
     }
 
     /// The exact optimal mean cross-entropy (nats/token) over a window of
@@ -254,8 +238,7 @@ impl SyntheticSource {
             return 0.0;
         }
         let head = seq.min(self.prefix_cond.len());
-        let sum: f64 =
-            self.prefix_cond[..head].iter().sum::<f64>() + (seq - head) as f64 * self.entropy_rate;
+        let sum: f64 = self.prefix_cond[..head].iter().sum::<f64>() + (seq - head) as f64 * self.entropy_rate;
         sum / seq as f64
     }
 
@@ -281,11 +264,7 @@ impl SyntheticSource {
         if n < self.order {
             let joint = c.prefix[n][encode(context) * self.m + local(next)];
             let marg = c.prefix[n - 1][encode(context)];
-            return if marg > 0.0 {
-                (joint / marg).ln()
-            } else {
-                f64::NEG_INFINITY
-            };
+            return if marg > 0.0 { (joint / marg).ln() } else { f64::NEG_INFINITY };
         }
         let s = encode(&context[n - self.order..]);
         let b = self.branching;
@@ -326,11 +305,8 @@ impl SyntheticSource {
             } else {
                 let row = &c.cum[s * b..(s + 1) * b];
                 // A branch-free count beats a binary search for short rows.
-                let below = if b <= 16 {
-                    row.iter().filter(|&&q| q <= u).count()
-                } else {
-                    row.partition_point(|&q| q <= u)
-                };
+                let below =
+                    if b <= 16 { row.iter().filter(|&&q| q <= u).count() } else { row.partition_point(|&q| q <= u) };
                 let j = s * b + below.min(b - 1);
                 *x = base + c.succ[j];
                 s = c.next[j] as usize;
@@ -342,9 +318,7 @@ impl SyntheticSource {
     fn row_entropy(&self, domain: usize, s: usize) -> f64 {
         let (c, b, m) = (&self.chains[domain], self.branching, self.m as f64);
         let jump = self.teleport / m;
-        let sparse: f64 = (s * b..(s + 1) * b)
-            .map(|j| plogp(jump + (1.0 - self.teleport) * c.prob[j]))
-            .sum();
+        let sparse: f64 = (s * b..(s + 1) * b).map(|j| plogp(jump + (1.0 - self.teleport) * c.prob[j])).sum();
         -(sparse + (m - b as f64) * plogp(jump))
     }
 
@@ -371,8 +345,9 @@ impl SyntheticSource {
     }
 }
 
-/// Reject parameters that would make the source undefined or panic.
-fn check_config(cfg: &SyntheticConfig) -> Result<()> {
+/// Reject parameters that would make the source undefined or panic (each
+/// error names the key); `Config::validate` calls this too.
+pub fn check_config(cfg: &SyntheticConfig) -> Result<()> {
     let bad = |msg: String| Err(Error::Config(msg));
     for (k, v) in [
         ("data.synthetic.domains", cfg.domains),
@@ -397,15 +372,10 @@ fn check_config(cfg: &SyntheticConfig) -> Result<()> {
         ));
     }
     if !(0.0..=1.0).contains(&cfg.teleport) {
-        return bad(format!(
-            "data.synthetic.teleport = {} must be in [0, 1] (0.02 is the default)",
-            cfg.teleport
-        ));
+        return bad(format!("data.synthetic.teleport = {} must be in [0, 1] (0.02 is the default)", cfg.teleport));
     }
-    let states = u32::try_from(cfg.order)
-        .ok()
-        .and_then(|k| cfg.domain_vocab.checked_pow(k))
-        .filter(|&n| n <= MAX_STATES);
+    let states =
+        u32::try_from(cfg.order).ok().and_then(|k| cfg.domain_vocab.checked_pow(k)).filter(|&n| n <= MAX_STATES);
     if states.is_none() {
         return bad(format!(
             "the synthetic corpus has domain_vocab^order = {}^{} states per domain; keep it under {MAX_STATES} \
@@ -413,11 +383,7 @@ fn check_config(cfg: &SyntheticConfig) -> Result<()> {
             cfg.domain_vocab, cfg.order
         ));
     }
-    if cfg
-        .domains
-        .checked_mul(cfg.domain_vocab)
-        .is_none_or(|n| n > u32::MAX as usize)
-    {
+    if cfg.domains.checked_mul(cfg.domain_vocab).is_none_or(|n| n > u32::MAX as usize) {
         return bad("data.synthetic.domains * domain_vocab does not fit in a u32 token id; shrink the corpus".into());
     }
     Ok(())
@@ -461,20 +427,12 @@ fn build_chain(m: usize, k: usize, b: usize, pool: usize, tel: f64, seed: u64) -
         let to = (s % suffixes) * m;
         let mut run = 0.0;
         for (j, (&wj, &c)) in w.iter().zip(perm.iter()).enumerate() {
-            let p = if total > 0.0 {
-                wj / total
-            } else {
-                1.0 / b as f64
-            };
+            let p = if total > 0.0 { wj / total } else { 1.0 / b as f64 };
             succ.push(c);
             next.push((to + c as usize) as u32);
             prob.push(p);
             run += p;
-            cum.push(if j + 1 == b {
-                1.0
-            } else {
-                tel + (1.0 - tel) * run
-            });
+            cum.push(if j + 1 == b { 1.0 } else { tel + (1.0 - tel) * run });
         }
     }
     let (pi, residual, iterations) = stationary(m, b, tel, &next, &prob);
@@ -491,16 +449,7 @@ fn build_chain(m: usize, k: usize, b: usize, pool: usize, tel: f64, seed: u64) -
         run += p;
         pi_cdf.push(run);
     }
-    Chain {
-        succ,
-        next,
-        prob,
-        cum,
-        pi_cdf,
-        prefix,
-        residual,
-        iterations,
-    }
+    Chain { succ, next, prob, cum, pi_cdf, prefix, residual, iterations }
 }
 
 /// Power iteration for `pi = pi P` from the uniform distribution. Returns `pi`,
@@ -518,17 +467,12 @@ fn stationary(m: usize, b: usize, tel: f64, next: &[u32], prob: &[f64]) -> (Vec<
         iterations += 1;
         suffix_mass.iter_mut().for_each(|x| *x = 0.0);
         for block in pi.chunks(suffixes) {
-            suffix_mass
-                .iter_mut()
-                .zip(block)
-                .for_each(|(x, &p)| *x += p);
+            suffix_mass.iter_mut().zip(block).for_each(|(x, &p)| *x += p);
         }
         // The uniform jump sends the mass of every state with suffix q evenly
         // to the m states q*m + c.
         for (q, &mass) in suffix_mass.iter().enumerate() {
-            new[q * m..(q + 1) * m]
-                .iter_mut()
-                .for_each(|x| *x = mass * tel / m as f64);
+            new[q * m..(q + 1) * m].iter_mut().for_each(|x| *x = mass * tel / m as f64);
         }
         for (s, &p) in pi.iter().enumerate() {
             let keep = p * (1.0 - tel);
@@ -537,9 +481,7 @@ fn stationary(m: usize, b: usize, tel: f64, next: &[u32], prob: &[f64]) -> (Vec<
             }
         }
         if tel == 0.0 {
-            new.iter_mut()
-                .zip(&pi)
-                .for_each(|(x, &p)| *x = 0.5 * (*x + p));
+            new.iter_mut().zip(&pi).for_each(|(x, &p)| *x = 0.5 * (*x + p));
         }
         let total: f64 = new.iter().sum();
         new.iter_mut().for_each(|x| *x /= total);

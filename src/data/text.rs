@@ -69,10 +69,7 @@ impl FileCorpus {
         };
         let (tokens, what) = if meta.is_dir() {
             let (tokens, files) = read_dir_tokens(path, tokenizer, vocab_size)?;
-            (
-                tokens,
-                format!("text directory {source} ({files} files, {tok_name})"),
-            )
+            (tokens, format!("text directory {source} ({files} files, {tok_name})"))
         } else if source.ends_with(".u16") {
             let tokens = read_u16(path, vocab_size)?;
             (tokens, format!("token file {source} (u16)"))
@@ -94,11 +91,7 @@ impl FileCorpus {
                 min_total(need, val_fraction)
             )));
         }
-        Ok(FileCorpus {
-            tokens,
-            n_train,
-            description: format!("{what}: {n_train} train + {n_val} val tokens"),
-        })
+        Ok(FileCorpus { tokens, n_train, description: format!("{what}: {n_train} train + {n_val} val tokens") })
     }
 
     /// Tokens in the training split.
@@ -131,14 +124,7 @@ impl FileCorpus {
 
     /// Training windows: `batch` uniform start offsets drawn from `rng`
     /// (seeded by `(train.seed, step, micro)`); `x`, `y` are `[batch, seq]`.
-    pub(crate) fn train_batch(
-        &self,
-        rng: &mut ChaCha8Rng,
-        batch: usize,
-        seq: usize,
-        x: &mut [u32],
-        y: &mut [u32],
-    ) {
+    pub(crate) fn train_batch(&self, rng: &mut ChaCha8Rng, batch: usize, seq: usize, x: &mut [u32], y: &mut [u32]) {
         assert!(
             seq < self.n_train,
             "train_batch: seq = {seq} needs {} training tokens, the split has {}",
@@ -152,14 +138,7 @@ impl FileCorpus {
     }
 
     /// Validation batch `index`: consecutive non-overlapping windows (module docs).
-    pub(crate) fn val_batch(
-        &self,
-        index: u64,
-        batch: usize,
-        seq: usize,
-        x: &mut [u32],
-        y: &mut [u32],
-    ) {
+    pub(crate) fn val_batch(&self, index: u64, batch: usize, seq: usize, x: &mut [u32], y: &mut [u32]) {
         let n_val = self.val_tokens();
         assert!(
             seq >= 1 && seq < n_val,
@@ -205,10 +184,7 @@ fn min_total(need: usize, val_fraction: f64) -> usize {
 fn read_nonempty(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.is_empty() {
-        return Err(Error::Data(format!(
-            "{} is empty; point data.source at a file with text in it",
-            path.display()
-        )));
+        return Err(Error::Data(format!("{} is empty; point data.source at a file with text in it", path.display())));
     }
     Ok(bytes)
 }
@@ -224,20 +200,13 @@ fn read_u16(path: &Path, vocab_size: usize) -> Result<Vec<u32>> {
             bytes.len()
         )));
     }
-    let tokens: Vec<u32> = bytes
-        .chunks_exact(2)
-        .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
-        .collect();
+    let tokens: Vec<u32> = bytes.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect();
     check_ids(&tokens, vocab_size, &origin)?;
     Ok(tokens)
 }
 
 /// Tokenize every usable file under `dir` (module docs); returns the tokens and the file count.
-fn read_dir_tokens(
-    dir: &Path,
-    tokenizer: &Tokenizer,
-    vocab_size: usize,
-) -> Result<(Vec<u32>, usize)> {
+fn read_dir_tokens(dir: &Path, tokenizer: &Tokenizer, vocab_size: usize) -> Result<(Vec<u32>, usize)> {
     let mut files = Vec::new();
     collect_files(dir, &mut files)?;
     files.sort();

@@ -44,12 +44,7 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Byte => 256,
-            Tokenizer::Hf(t) => t
-                .get_vocab(true)
-                .values()
-                .map(|&id| id as usize + 1)
-                .max()
-                .unwrap_or(0),
+            Tokenizer::Hf(t) => t.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0),
         }
     }
 
@@ -80,9 +75,7 @@ impl Tokenizer {
                 })?;
                 t.encode(text, false)
                     .map(|enc| enc.get_ids().to_vec())
-                    .map_err(|e| {
-                        Error::Data(format!("the tokenizer failed to encode {origin}: {e}"))
-                    })
+                    .map_err(|e| Error::Data(format!("the tokenizer failed to encode {origin}: {e}")))
             }
         }
     }
@@ -109,9 +102,7 @@ impl Tokenizer {
                 out
             }
             Tokenizer::Hf(t) => t.decode(ids, false).unwrap_or_else(|_| {
-                ids.iter()
-                    .map(|&id| t.id_to_token(id).unwrap_or_else(|| format!("<{id}>")))
-                    .collect()
+                ids.iter().map(|&id| t.id_to_token(id).unwrap_or_else(|| format!("<{id}>"))).collect()
             }),
         }
     }

@@ -110,17 +110,13 @@ impl<B: Backend> Acts<B> {
         let (d, f, v, e, k) = (m.d_model, m.d_ff, m.vocab_size, m.n_experts, m.top_k);
         let n = b * t;
         let al = |len: usize, what: &str| be.alloc(len, what);
-        let any_dense = table
-            .blocks
-            .iter()
-            .any(|bi| matches!(bi.ffn, FfnIdx::Dense { .. }));
+        let any_dense = table.blocks.iter().any(|bi| matches!(bi.ffn, FfnIdx::Dense { .. }));
         let mut blocks = Vec::new();
         for bi in &table.blocks {
             let ffn = match bi.ffn {
-                FfnIdx::Dense { .. } => FfnActs::Dense {
-                    pre: al(n * f, "mlp pre-activation")?,
-                    act: al(n * f, "mlp activation")?,
-                },
+                FfnIdx::Dense { .. } => {
+                    FfnActs::Dense { pre: al(n * f, "mlp pre-activation")?, act: al(n * f, "mlp activation")? }
+                }
                 FfnIdx::Moe { .. } => {
                     let rows = n * k;
                     let jit = if m.router_jitter > 0.0 { n * d } else { 0 };
@@ -169,9 +165,7 @@ impl<B: Backend> Acts<B> {
             t,
             tokens: be.alloc_i(n, "tokens")?,
             targets: be.alloc_i(n, "targets")?,
-            resid: (0..=m.n_layer)
-                .map(|_| al(n * d, "residual stream"))
-                .collect::<Result<_>>()?,
+            resid: (0..=m.n_layer).map(|_| al(n * d, "residual stream")).collect::<Result<_>>()?,
             blocks,
             lnf: al(n * d, "ln_f output")?,
             lnf_mean: al(n, "ln_f mean")?,

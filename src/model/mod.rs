@@ -112,13 +112,7 @@ impl<B: Backend> Model<B> {
             params.push(p);
             grads.push(be.alloc(s.numel(), &format!("grad of {}", s.name))?);
         }
-        Ok(Model {
-            cfg: cfg.clone(),
-            table,
-            params,
-            grads,
-            acts: None,
-        })
+        Ok(Model { cfg: cfg.clone(), table, params, grads, acts: None })
     }
 
     /// Zero every gradient.
@@ -159,15 +153,7 @@ impl<B: Backend> Model<B> {
     ///
     /// # Shapes
     /// `x`, `y`: `[b * t]` token ids (`y` = next tokens), row-major `[b, t]`.
-    pub fn step(
-        &mut self,
-        be: &B,
-        x: &[i32],
-        y: &[i32],
-        b: usize,
-        t: usize,
-        pass: Pass,
-    ) -> Result<MicroStats> {
+    pub fn step(&mut self, be: &B, x: &[i32], y: &[i32], b: usize, t: usize, pass: Pass) -> Result<MicroStats> {
         self.ensure_acts(be, b, t)?;
         let stats = self.forward(be, x, y, b, t, pass);
         if let Pass::Train { loss_weight, .. } = pass {
@@ -178,33 +164,19 @@ impl<B: Backend> Model<B> {
 
     /// Forward only (no gradients), with the routing of `pass`: the loss as a
     /// function of the parameters, for evaluation and gradient checks.
-    pub fn forward_only(
-        &mut self,
-        be: &B,
-        x: &[i32],
-        y: &[i32],
-        b: usize,
-        t: usize,
-        pass: Pass,
-    ) -> Result<MicroStats> {
+    pub fn forward_only(&mut self, be: &B, x: &[i32], y: &[i32], b: usize, t: usize, pass: Pass) -> Result<MicroStats> {
         self.ensure_acts(be, b, t)?;
         Ok(self.forward(be, x, y, b, t, pass))
     }
 
     /// Per-token cross-entropy of the last [`Model::step`] (`[b*t]`).
     pub fn token_losses(&self, be: &B) -> Vec<f32> {
-        self.acts
-            .as_ref()
-            .map(|a| be.download(&a.losses))
-            .unwrap_or_default()
+        self.acts.as_ref().map(|a| be.download(&a.losses)).unwrap_or_default()
     }
 
     /// Logits of the last [`Model::step`] (`[b*t, V]`).
     pub fn logits(&self, be: &B) -> Vec<f32> {
-        self.acts
-            .as_ref()
-            .map(|a| be.download(&a.logits))
-            .unwrap_or_default()
+        self.acts.as_ref().map(|a| be.download(&a.logits)).unwrap_or_default()
     }
 
     /// Routing of MoE block `layer` in the last step: `(expert, row, gate)`,
@@ -212,24 +184,12 @@ impl<B: Backend> Model<B> {
     pub fn routing(&self, be: &B, layer: usize) -> Option<(Vec<i32>, Vec<i32>, Vec<f32>)> {
         let acts = self.acts.as_ref()?;
         match &acts.blocks[layer].ffn {
-            FfnActs::Moe(m) => Some((
-                be.download_i(&m.expert),
-                be.download_i(&m.row),
-                be.download(&m.gate),
-            )),
+            FfnActs::Moe(m) => Some((be.download_i(&m.expert), be.download_i(&m.row), be.download(&m.gate))),
             FfnActs::Dense { .. } => None,
         }
     }
 
-    fn forward(
-        &mut self,
-        be: &B,
-        x: &[i32],
-        y: &[i32],
-        b: usize,
-        t: usize,
-        pass: Pass,
-    ) -> MicroStats {
+    fn forward(&mut self, be: &B, x: &[i32], y: &[i32], b: usize, t: usize, pass: Pass) -> MicroStats {
         let m = self.cfg.model.clone();
         let (d, f, v, h) = (m.d_model, m.d_ff, m.vocab_size, m.n_head);
         let hd = d / h;
@@ -248,40 +208,11 @@ impl<B: Backend> Model<B> {
             let h_out = &mut after[0];
             let ba = &mut a.blocks[l];
             // h_mid = h_in + proj(attn(qkv(LN1(h_in))))
-            be.layernorm_fwd(
-                &mut ba.ln1,
-                &mut ba.ln1_mean,
-                &mut ba.ln1_rstd,
-                h_in,
-                &p[bi.ln1_w],
-                &p[bi.ln1_b],
-                n,
-                d,
-            );
-            be.matmul(
-                &mut ba.qkv,
-                &ba.ln1,
-                &p[bi.qkv_w],
-                n,
-                d,
-                3 * d,
-                false,
-                false,
-                false,
-            );
+            be.layernorm_fwd(&mut ba.ln1, &mut ba.ln1_mean, &mut ba.ln1_rstd, h_in, &p[bi.ln1_w], &p[bi.ln1_b], n, d);
+            be.matmul(&mut ba.qkv, &ba.ln1, &p[bi.qkv_w], n, d, 3 * d, false, false, false);
             be.add_bias(&mut ba.qkv, &p[bi.qkv_b], n, 3 * d);
             be.attention_fwd(&mut ba.att, &mut ba.lse, &ba.qkv, b, t, h, hd);
-            be.matmul(
-                &mut a.scratch_d,
-                &ba.att,
-                &p[bi.proj_w],
-                n,
-                d,
-                d,
-                false,
-                false,
-                false,
-            );
+            be.matmul(&mut a.scratch_d, &ba.att, &p[bi.proj_w], n, d, d, false, false, false);
             be.add_bias(&mut a.scratch_d, &p[bi.proj_b], n, d);
             be.copy(&mut ba.h_mid, h_in);
             be.add_inplace(&mut ba.h_mid, &a.scratch_d);
@@ -297,41 +228,14 @@ impl<B: Backend> Model<B> {
                 d,
             );
             match (&bi.ffn, &mut ba.ffn) {
-                (
-                    FfnIdx::Dense {
-                        fc_w,
-                        fc_b,
-                        proj_w,
-                        proj_b,
-                    },
-                    FfnActs::Dense { pre, act },
-                ) => {
+                (FfnIdx::Dense { fc_w, fc_b, proj_w, proj_b }, FfnActs::Dense { pre, act }) => {
                     be.matmul(pre, &ba.ln2, &p[*fc_w], n, d, f, false, false, false);
                     be.add_bias(pre, &p[*fc_b], n, f);
                     be.gelu_fwd(act, pre, n * f);
-                    be.matmul(
-                        &mut a.scratch_d,
-                        act,
-                        &p[*proj_w],
-                        n,
-                        f,
-                        d,
-                        false,
-                        false,
-                        false,
-                    );
+                    be.matmul(&mut a.scratch_d, act, &p[*proj_w], n, f, d, false, false, false);
                     be.add_bias(&mut a.scratch_d, &p[*proj_b], n, d);
                 }
-                (
-                    FfnIdx::Moe {
-                        router,
-                        fc_w,
-                        fc_b,
-                        proj_w,
-                        proj_b,
-                    },
-                    FfnActs::Moe(ma),
-                ) => {
+                (FfnIdx::Moe { router, fc_w, fc_b, proj_w, proj_b }, FfnActs::Moe(ma)) => {
                     // 1. router logits in fp32 from the (jittered) input
                     let u = match pass {
                         Pass::Train { jitter_seed, .. } if m.router_jitter > 0.0 => {
@@ -346,17 +250,7 @@ impl<B: Backend> Model<B> {
                         }
                         _ => &ba.ln2,
                     };
-                    be.matmul(
-                        &mut ma.logits,
-                        u,
-                        &p[*router],
-                        n,
-                        d,
-                        m.n_experts,
-                        false,
-                        false,
-                        false,
-                    );
+                    be.matmul(&mut ma.logits, u, &p[*router], n, d, m.n_experts, false, false, false);
                     // 2-5, 8-9: softmax, top-k, gates, slots, statistics
                     be.router_fwd(
                         &mut ma.probs,
@@ -372,27 +266,9 @@ impl<B: Backend> Model<B> {
                     // 6. experts over their kept slots, expert-contiguous
                     let rows = ma.rows;
                     be.dispatch_fwd(&mut ma.xe, &ba.ln2, &ma.row_assign, rows, m.top_k, d);
-                    be.grouped_matmul(
-                        &mut ma.he,
-                        &ma.xe,
-                        &p[*fc_w],
-                        &p[*fc_b],
-                        &ma.offsets,
-                        m.n_experts,
-                        d,
-                        f,
-                    );
+                    be.grouped_matmul(&mut ma.he, &ma.xe, &p[*fc_w], &p[*fc_b], &ma.offsets, m.n_experts, d, f);
                     be.gelu_fwd(&mut ma.ae, &ma.he, rows * f);
-                    be.grouped_matmul(
-                        &mut ma.ye,
-                        &ma.ae,
-                        &p[*proj_w],
-                        &p[*proj_b],
-                        &ma.offsets,
-                        m.n_experts,
-                        f,
-                        d,
-                    );
+                    be.grouped_matmul(&mut ma.ye, &ma.ae, &p[*proj_w], &p[*proj_b], &ma.offsets, m.n_experts, f, d);
                     // 7. combine, weighted by the gates; dropped tokens get 0
                     be.combine_fwd(&mut a.scratch_d, &ma.ye, &ma.row, &ma.gate, n, m.top_k, d);
                     moe_stats.push(read_moe_stats(be, &ma.stats, l, &rp));
@@ -404,51 +280,20 @@ impl<B: Backend> Model<B> {
         }
         // logits = LN_f(h) @ wte^T, fused CE (+ its gradient when training)
         let h_last = &a.resid[tb.blocks.len()];
-        be.layernorm_fwd(
-            &mut a.lnf,
-            &mut a.lnf_mean,
-            &mut a.lnf_rstd,
-            h_last,
-            &p[tb.lnf_w],
-            &p[tb.lnf_b],
-            n,
-            d,
-        );
-        be.matmul(
-            &mut a.logits,
-            &a.lnf,
-            &p[tb.wte],
-            n,
-            d,
-            v,
-            false,
-            true,
-            false,
-        );
+        be.layernorm_fwd(&mut a.lnf, &mut a.lnf_mean, &mut a.lnf_rstd, h_last, &p[tb.lnf_w], &p[tb.lnf_b], n, d);
+        be.matmul(&mut a.logits, &a.lnf, &p[tb.wte], n, d, v, false, true, false);
         let dlogits = match pass {
             Pass::Train { loss_weight, .. } => Some((&mut a.dlogits, loss_weight / n as f32)),
             Pass::Eval => None,
         };
         match dlogits {
-            Some((dl, scale)) => {
-                be.cross_entropy(&mut a.losses, Some(dl), &a.logits, &a.targets, n, v, scale)
-            }
+            Some((dl, scale)) => be.cross_entropy(&mut a.losses, Some(dl), &a.logits, &a.targets, n, v, scale),
             None => be.cross_entropy(&mut a.losses, None, &a.logits, &a.targets, n, v, 0.0),
         }
-        let ce = be
-            .download(&a.losses)
-            .iter()
-            .map(|&x| x as f64)
-            .sum::<f64>()
-            / n as f64;
+        let ce = be.download(&a.losses).iter().map(|&x| x as f64).sum::<f64>() / n as f64;
         let aux = moe_stats.iter().map(|s| s.aux as f64).sum();
         let z = moe_stats.iter().map(|s| s.z as f64).sum();
-        MicroStats {
-            ce,
-            aux,
-            z,
-            moe: moe_stats,
-        }
+        MicroStats { ce, aux, z, moe: moe_stats }
     }
 
     fn backward(&mut self, be: &B, b: usize, t: usize, loss_weight: f32, pass: Pass) {
@@ -462,69 +307,20 @@ impl<B: Backend> Model<B> {
         let tb = &self.table;
         let a = self.acts.as_mut().expect("ensured");
         // logits = lnf @ wte^T
-        be.matmul(
-            &mut a.dlnf,
-            &a.dlogits,
-            &p[tb.wte],
-            n,
-            v,
-            d,
-            false,
-            false,
-            false,
-        );
-        be.matmul(
-            &mut g[tb.wte],
-            &a.dlogits,
-            &a.lnf,
-            v,
-            n,
-            d,
-            true,
-            false,
-            true,
-        );
+        be.matmul(&mut a.dlnf, &a.dlogits, &p[tb.wte], n, v, d, false, false, false);
+        be.matmul(&mut g[tb.wte], &a.dlogits, &a.lnf, v, n, d, true, false, true);
         be.zero(&mut a.dres);
         {
             let (gw, gb) = two_mut(g, tb.lnf_w, tb.lnf_b);
             let h_last = &a.resid[tb.blocks.len()];
-            be.layernorm_bwd(
-                &mut a.dres,
-                gw,
-                gb,
-                &a.dlnf,
-                h_last,
-                &p[tb.lnf_w],
-                &a.lnf_mean,
-                &a.lnf_rstd,
-                n,
-                d,
-            );
+            be.layernorm_bwd(&mut a.dres, gw, gb, &a.dlnf, h_last, &p[tb.lnf_w], &a.lnf_mean, &a.lnf_rstd, n, d);
         }
         for (l, bi) in tb.blocks.iter().enumerate().rev() {
             let ba = &mut a.blocks[l];
             // FFN: h_out = h_mid + FFN(LN2(h_mid)); the FFN output's gradient is dres.
             match (&bi.ffn, &mut ba.ffn) {
-                (
-                    FfnIdx::Dense {
-                        fc_w,
-                        fc_b,
-                        proj_w,
-                        proj_b,
-                    },
-                    FfnActs::Dense { pre, act },
-                ) => {
-                    be.matmul(
-                        &mut a.dff,
-                        &a.dres,
-                        &p[*proj_w],
-                        n,
-                        d,
-                        f,
-                        false,
-                        true,
-                        false,
-                    );
+                (FfnIdx::Dense { fc_w, fc_b, proj_w, proj_b }, FfnActs::Dense { pre, act }) => {
+                    be.matmul(&mut a.dff, &a.dres, &p[*proj_w], n, d, f, false, true, false);
                     be.matmul(&mut g[*proj_w], act, &a.dres, f, n, d, true, false, true);
                     be.bias_grad(&mut g[*proj_b], &a.dres, n, d);
                     be.gelu_bwd(&mut a.dff2, &a.dff, pre, n * f);
@@ -532,16 +328,7 @@ impl<B: Backend> Model<B> {
                     be.matmul(&mut g[*fc_w], &ba.ln2, &a.dff2, d, n, f, true, false, true);
                     be.bias_grad(&mut g[*fc_b], &a.dff2, n, f);
                 }
-                (
-                    FfnIdx::Moe {
-                        router,
-                        fc_w,
-                        fc_b,
-                        proj_w,
-                        proj_b,
-                    },
-                    FfnActs::Moe(ma),
-                ) => {
+                (FfnIdx::Moe { router, fc_w, fc_b, proj_w, proj_b }, FfnActs::Moe(ma)) => {
                     let (rows, k, e) = (ma.rows, m.top_k, m.n_experts);
                     be.combine_bwd(
                         &mut ma.dye,
@@ -558,34 +345,12 @@ impl<B: Backend> Model<B> {
                     );
                     {
                         let (gw, gb) = two_mut(g, *proj_w, *proj_b);
-                        be.grouped_matmul_bwd(
-                            &mut ma.dae,
-                            gw,
-                            gb,
-                            &ma.dye,
-                            &ma.ae,
-                            &p[*proj_w],
-                            &ma.offsets,
-                            e,
-                            f,
-                            d,
-                        );
+                        be.grouped_matmul_bwd(&mut ma.dae, gw, gb, &ma.dye, &ma.ae, &p[*proj_w], &ma.offsets, e, f, d);
                     }
                     be.gelu_bwd(&mut ma.dhe, &ma.dae, &ma.he, rows * f);
                     {
                         let (gw, gb) = two_mut(g, *fc_w, *fc_b);
-                        be.grouped_matmul_bwd(
-                            &mut ma.dxe,
-                            gw,
-                            gb,
-                            &ma.dhe,
-                            &ma.xe,
-                            &p[*fc_w],
-                            &ma.offsets,
-                            e,
-                            d,
-                            f,
-                        );
+                        be.grouped_matmul_bwd(&mut ma.dxe, gw, gb, &ma.dhe, &ma.xe, &p[*fc_w], &ma.offsets, e, d, f);
                     }
                     be.zero(&mut a.dln);
                     be.dispatch_bwd(&mut a.dln, &ma.dxe, &ma.row, n, k, d);
@@ -604,32 +369,12 @@ impl<B: Backend> Model<B> {
                     let u = if jittered { &ma.u_jit } else { &ba.ln2 };
                     be.matmul(&mut g[*router], u, &ma.dlogits, d, n, e, true, false, true);
                     if jittered {
-                        be.matmul(
-                            &mut a.scratch_d,
-                            &ma.dlogits,
-                            &p[*router],
-                            n,
-                            e,
-                            d,
-                            false,
-                            true,
-                            false,
-                        );
+                        be.matmul(&mut a.scratch_d, &ma.dlogits, &p[*router], n, e, d, false, true, false);
                         // u_jit is dead once the router weight gradient is taken: reuse it.
                         be.router_jitter_bwd(&mut ma.u_jit, &a.scratch_d, &ma.jit_mult);
                         be.add_inplace(&mut a.dln, &ma.u_jit);
                     } else {
-                        be.matmul(
-                            &mut a.dln,
-                            &ma.dlogits,
-                            &p[*router],
-                            n,
-                            e,
-                            d,
-                            false,
-                            true,
-                            true,
-                        );
+                        be.matmul(&mut a.dln, &ma.dlogits, &p[*router], n, e, d, false, true, true);
                     }
                 }
                 _ => unreachable!("activations are built from the same table"),
@@ -650,52 +395,12 @@ impl<B: Backend> Model<B> {
                 );
             }
             // Attention: h_mid = h_in + proj(attn(qkv(LN1(h_in)))).
-            be.matmul(
-                &mut a.dln,
-                &a.dres,
-                &p[bi.proj_w],
-                n,
-                d,
-                d,
-                false,
-                true,
-                false,
-            );
-            be.matmul(
-                &mut g[bi.proj_w],
-                &ba.att,
-                &a.dres,
-                d,
-                n,
-                d,
-                true,
-                false,
-                true,
-            );
+            be.matmul(&mut a.dln, &a.dres, &p[bi.proj_w], n, d, d, false, true, false);
+            be.matmul(&mut g[bi.proj_w], &ba.att, &a.dres, d, n, d, true, false, true);
             be.bias_grad(&mut g[bi.proj_b], &a.dres, n, d);
             be.attention_bwd(&mut a.dqkv, &a.dln, &ba.qkv, &ba.att, &ba.lse, b, t, h, hd);
-            be.matmul(
-                &mut a.dln,
-                &a.dqkv,
-                &p[bi.qkv_w],
-                n,
-                3 * d,
-                d,
-                false,
-                true,
-                false,
-            );
-            be.matmul(
-                &mut g[bi.qkv_w],
-                &ba.ln1,
-                &a.dqkv,
-                d,
-                n,
-                3 * d,
-                true,
-                false,
-                true,
-            );
+            be.matmul(&mut a.dln, &a.dqkv, &p[bi.qkv_w], n, 3 * d, d, false, true, false);
+            be.matmul(&mut g[bi.qkv_w], &ba.ln1, &a.dqkv, d, n, 3 * d, true, false, true);
             be.bias_grad(&mut g[bi.qkv_b], &a.dqkv, n, 3 * d);
             {
                 let (gw, gb) = two_mut(g, bi.ln1_w, bi.ln1_b);
@@ -726,10 +431,7 @@ fn read_moe_stats<B: Backend>(be: &B, stats: &B::Buf, layer: usize, rp: &RouterP
         layer,
         assigned: s[RouterStats::assigned(e)..RouterStats::assigned(e) + e].to_vec(),
         kept: s[RouterStats::kept(e)..RouterStats::kept(e) + e].to_vec(),
-        mean_prob: s[RouterStats::prob_sum(e)..RouterStats::prob_sum(e) + e]
-            .iter()
-            .map(|p| p / n)
-            .collect(),
+        mean_prob: s[RouterStats::prob_sum(e)..RouterStats::prob_sum(e) + e].iter().map(|p| p / n).collect(),
         dropped_frac: s[RouterStats::dropped(e)] / (n * rp.top_k as f32),
         entropy: s[RouterStats::entropy_sum(e)] / n,
         aux: s[RouterStats::aux(e)],

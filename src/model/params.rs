@@ -145,11 +145,7 @@ impl ParamTable {
                     router: add(p("moe.router.weight"), vec![d, e], ParamKind::Router),
                     fc_w: add(p("moe.experts.fc.weight"), vec![e, d, f], ParamKind::Matrix),
                     fc_b: add(p("moe.experts.fc.bias"), vec![e, f], ParamKind::Bias),
-                    proj_w: add(
-                        p("moe.experts.proj.weight"),
-                        vec![e, f, d],
-                        ParamKind::Matrix,
-                    ),
+                    proj_w: add(p("moe.experts.proj.weight"), vec![e, f, d], ParamKind::Matrix),
                     proj_b: add(p("moe.experts.proj.bias"), vec![e, d], ParamKind::Bias),
                 }
             } else {
@@ -160,28 +156,11 @@ impl ParamTable {
                     proj_b: add(p("mlp.proj.bias"), vec![d], ParamKind::Bias),
                 }
             };
-            blocks.push(BlockIdx {
-                ln1_w,
-                ln1_b,
-                qkv_w,
-                qkv_b,
-                proj_w,
-                proj_b,
-                ln2_w,
-                ln2_b,
-                ffn,
-            });
+            blocks.push(BlockIdx { ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, ffn });
         }
         let lnf_w = add("ln_f.weight".into(), vec![d], ParamKind::NormWeight);
         let lnf_b = add("ln_f.bias".into(), vec![d], ParamKind::NormBias);
-        ParamTable {
-            specs,
-            wte,
-            wpe,
-            blocks,
-            lnf_w,
-            lnf_b,
-        }
+        ParamTable { specs, wte, wpe, blocks, lnf_w, lnf_b }
     }
 
     /// Total parameter count.
@@ -194,13 +173,7 @@ impl ParamTable {
     pub fn active_numel(&self, top_k: usize) -> usize {
         self.specs
             .iter()
-            .map(|s| {
-                if s.name.contains(".moe.experts.") {
-                    s.numel() / s.shape[0] * top_k
-                } else {
-                    s.numel()
-                }
-            })
+            .map(|s| if s.name.contains(".moe.experts.") { s.numel() / s.shape[0] * top_k } else { s.numel() })
             .sum()
     }
 
@@ -229,9 +202,7 @@ pub fn init_values(cfg: &Config, spec: &ParamSpec, index: usize) -> Vec<f32> {
         }
     };
     let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.train.seed, index as u64));
-    (0..n)
-        .map(|_| (truncated_normal(&mut rng) * std) as f32)
-        .collect()
+    (0..n).map(|_| (truncated_normal(&mut rng) * std) as f32).collect()
 }
 
 /// A standard normal truncated to `[-2, 2]` by rejection (Box-Muller).
@@ -248,9 +219,7 @@ fn truncated_normal(rng: &mut ChaCha8Rng) -> f64 {
 
 /// SplitMix64-style mixing of two words into one seed.
 pub fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(0xD1B5_4A32_D192_ED03);
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -41,27 +41,16 @@ pub struct StepTiming {
 }
 
 /// Time `steps` training steps after `warmup` untimed ones.
-pub fn train_steps<B: Backend>(
-    be: &B,
-    cfg: &Config,
-    warmup: usize,
-    steps: usize,
-) -> Result<StepTiming> {
+pub fn train_steps<B: Backend>(be: &B, cfg: &Config, warmup: usize, steps: usize) -> Result<StepTiming> {
     cfg.validate()?;
     let mut model = Model::new(be, cfg)?;
     let mut opt = Optimizer::new(be, &model)?;
-    let (b, t, accum) = (
-        cfg.train.batch_size,
-        cfg.train.seq_len,
-        cfg.train.grad_accum,
-    );
+    let (b, t, accum) = (cfg.train.batch_size, cfg.train.seq_len, cfg.train.grad_accum);
     let v = cfg.model.vocab_size as u64;
     // A fixed LCG stream: content does not matter for speed, only that it is valid.
     let mut state = cfg.train.seed | 1;
     let mut next = || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         ((state >> 33) % v) as i32
     };
     let x: Vec<i32> = (0..b * t).map(|_| next()).collect();
@@ -71,10 +60,7 @@ pub fn train_steps<B: Backend>(
         let t0 = Instant::now();
         model.zero_grads(be);
         for micro in 0..accum {
-            let pass = Pass::Train {
-                jitter_seed: (i * accum + micro) as u64,
-                loss_weight: 1.0 / accum as f32,
-            };
+            let pass = Pass::Train { jitter_seed: (i * accum + micro) as u64, loss_weight: 1.0 / accum as f32 };
             model.step(be, &x, &y, b, t, pass)?;
         }
         opt.step(be, &mut model, &cfg.train, 1e-4, (i + 1) as u64);
@@ -87,21 +73,14 @@ pub fn train_steps<B: Backend>(
     let median = sorted[sorted.len() / 2];
     let m = &cfg.model;
     let tokens = b * t * accum;
-    let active = model
-        .table
-        .active_numel(if m.moe_every == 0 { 1 } else { m.top_k })
-        - m.max_seq_len * m.d_model;
+    let active = model.table.active_numel(if m.moe_every == 0 { 1 } else { m.top_k }) - m.max_seq_len * m.d_model;
     let flop_per_token = 6.0 * active as f64 + 6.0 * (m.n_layer * t * m.d_model) as f64;
     Ok(StepTiming {
         label: format!(
             "train step, {} layers d {} ({}), {}x{} tokens",
             m.n_layer,
             m.d_model,
-            if m.moe_every == 0 {
-                "dense".to_string()
-            } else {
-                format!("{} experts top-{}", m.n_experts, m.top_k)
-            },
+            if m.moe_every == 0 { "dense".to_string() } else { format!("{} experts top-{}", m.n_experts, m.top_k) },
             b,
             t
         ),

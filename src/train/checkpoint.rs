@@ -85,9 +85,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn sync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(path, e))
+    fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
 fn serialize(
@@ -103,12 +101,7 @@ fn serialize(
         .iter()
         .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| {
-            Error::Checkpoint(format!(
-                "cannot build tensor views for {}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| Error::Checkpoint(format!("cannot build tensor views for {}: {e}", path.display())))?;
     safetensors::tensor::serialize(views, Some(meta))
         .map_err(|e| Error::Checkpoint(format!("cannot serialize {}: {e}", path.display())))
 }
@@ -150,28 +143,14 @@ pub fn save<B: Backend>(
 
     let mut moments = Vec::new();
     for (i, s) in specs.iter().enumerate() {
-        moments.push((
-            format!("exp_avg.{}", s.name),
-            s.shape.clone(),
-            to_bytes(&be.download(&opt.m[i])),
-        ));
-        moments.push((
-            format!("exp_avg_sq.{}", s.name),
-            s.shape.clone(),
-            to_bytes(&be.download(&opt.v[i])),
-        ));
+        moments.push((format!("exp_avg.{}", s.name), s.shape.clone(), to_bytes(&be.download(&opt.m[i]))));
+        moments.push((format!("exp_avg_sq.{}", s.name), s.shape.clone(), to_bytes(&be.download(&opt.v[i]))));
     }
-    let rng = RngState {
-        seed: model.cfg.train.seed,
-        next_step: step,
-    };
+    let rng = RngState { seed: model.cfg.train.seed, next_step: step };
     let meta: HashMap<String, String> = [
         ("format".to_string(), FORMAT.to_string()),
         ("step".to_string(), step.to_string()),
-        (
-            "rng".to_string(),
-            serde_json::to_string(&rng).expect("rng serializes"),
-        ),
+        ("rng".to_string(), serde_json::to_string(&rng).expect("rng serializes")),
     ]
     .into();
     let path = tmp_dir.join("optimizer.safetensors");
@@ -185,8 +164,7 @@ pub fn save<B: Backend>(
     sync_dir(run_dir)?;
     let latest_tmp = run_dir.join(format!("{LATEST}.tmp"));
     write_synced(&latest_tmp, name.as_bytes())?;
-    fs::rename(&latest_tmp, run_dir.join(LATEST))
-        .map_err(|e| Error::io(run_dir.join(LATEST), e))?;
+    fs::rename(&latest_tmp, run_dir.join(LATEST)).map_err(|e| Error::io(run_dir.join(LATEST), e))?;
     sync_dir(run_dir)?;
     prune(run_dir, keep)?;
     Ok(final_dir)
@@ -202,9 +180,7 @@ pub fn list(run_dir: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             p.is_dir()
                 && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with("ckpt-")
-                        && !n.ends_with(".tmp")
-                        && n[5..].chars().all(|c| c.is_ascii_digit())
+                    n.starts_with("ckpt-") && !n.ends_with(".tmp") && n[5..].chars().all(|c| c.is_ascii_digit())
                 })
         })
         .collect();
@@ -262,10 +238,7 @@ fn names(l: &[PathBuf]) -> String {
     if l.is_empty() {
         return "none".into();
     }
-    l.iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    l.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 struct Loaded {
@@ -290,8 +263,7 @@ impl Loaded {
                 path.display()
             ))
         };
-        let (_, meta) =
-            SafeTensors::read_metadata(&self.bytes).map_err(|e| corrupt(e.to_string()))?;
+        let (_, meta) = SafeTensors::read_metadata(&self.bytes).map_err(|e| corrupt(e.to_string()))?;
         let st = SafeTensors::deserialize(&self.bytes).map_err(|e| corrupt(e.to_string()))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
@@ -303,16 +275,10 @@ impl Loaded {
         }
         let mut names: Vec<&str> = st.names();
         names.sort();
-        let chunks: Vec<&[u8]> = names
-            .iter()
-            .map(|n| st.tensor(n).map(|t| t.data()).unwrap_or(&[]))
-            .collect();
+        let chunks: Vec<&[u8]> = names.iter().map(|n| st.tensor(n).map(|t| t.data()).unwrap_or(&[])).collect();
         let sum = format!("{:016x}", fnv1a(&chunks));
         if meta.get("checksum") != Some(&sum) {
-            return Err(corrupt(format!(
-                "checksum {sum} does not match the stored {:?}",
-                meta.get("checksum")
-            )));
+            return Err(corrupt(format!("checksum {sum} does not match the stored {:?}", meta.get("checksum"))));
         }
         Ok((st, meta))
     }
@@ -334,10 +300,7 @@ fn read_tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize], path: &Path) -
             shape
         )));
     }
-    Ok(t.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
 /// The config stored in a checkpoint directory.
@@ -349,9 +312,9 @@ pub fn read_config(dir: &Path) -> Result<Config> {
 }
 
 fn config_from_meta(meta: &HashMap<String, String>, path: &Path) -> Result<Config> {
-    let json = meta.get("config").ok_or_else(|| {
-        Error::Checkpoint(format!("{} carries no config metadata", path.display()))
-    })?;
+    let json = meta
+        .get("config")
+        .ok_or_else(|| Error::Checkpoint(format!("{} carries no config metadata", path.display())))?;
     serde_json::from_str(json).map_err(|e| {
         Error::Checkpoint(format!(
             "the config stored in {} does not parse ({e}); it was written by an incompatible version",
@@ -379,23 +342,14 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
     let step: u64 = meta
         .get("step")
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            Error::Checkpoint(format!("{} has no valid `step` metadata", path.display()))
-        })?;
+        .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `step` metadata", path.display())))?;
     let table = ParamTable::new(expect);
-    let params = table
-        .specs
-        .iter()
-        .map(|s| read_tensor(&st, &s.name, &s.shape, &path))
-        .collect::<Result<Vec<_>>>()?;
+    let params = table.specs.iter().map(|s| read_tensor(&st, &s.name, &s.shape, &path)).collect::<Result<Vec<_>>>()?;
     let (moments, rng) = if with_optimizer {
         let opath = dir.join("optimizer.safetensors");
         let ol = Loaded::read(&opath)?;
         let (ost, ometa) = ol.parse(&opath)?;
-        let ostep: u64 = ometa
-            .get("step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(u64::MAX);
+        let ostep: u64 = ometa.get("step").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
         if ostep != step {
             return Err(Error::Checkpoint(format!(
                 "{} is at step {ostep} but model.safetensors is at step {step}: the checkpoint is inconsistent, use an earlier one",
@@ -405,37 +359,18 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
         let mut m = Vec::new();
         let mut v = Vec::new();
         for s in &table.specs {
-            m.push(read_tensor(
-                &ost,
-                &format!("exp_avg.{}", s.name),
-                &s.shape,
-                &opath,
-            )?);
-            v.push(read_tensor(
-                &ost,
-                &format!("exp_avg_sq.{}", s.name),
-                &s.shape,
-                &opath,
-            )?);
+            m.push(read_tensor(&ost, &format!("exp_avg.{}", s.name), &s.shape, &opath)?);
+            v.push(read_tensor(&ost, &format!("exp_avg_sq.{}", s.name), &s.shape, &opath)?);
         }
         let rng: RngState = ometa
             .get("rng")
             .and_then(|r| serde_json::from_str(r).ok())
-            .ok_or_else(|| {
-                Error::Checkpoint(format!("{} has no valid `rng` metadata", opath.display()))
-            })?;
+            .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `rng` metadata", opath.display())))?;
         (Some((m, v)), Some(rng))
     } else {
         (None, None)
     };
-    Ok(Checkpoint {
-        dir: dir.to_path_buf(),
-        config: stored,
-        step,
-        params,
-        moments,
-        rng,
-    })
+    Ok(Checkpoint { dir: dir.to_path_buf(), config: stored, step, params, moments, rng })
 }
 
 /// The model-section keys whose values differ, as `key: stored vs given`.
@@ -457,24 +392,11 @@ pub fn model_diffs(stored: &Config, given: &Config) -> Vec<String> {
 
 /// Model keys that change tensor shapes, names or the head layout (the others,
 /// such as top_k, the capacity factor or loss coefficients, may differ between runs).
-const ARCH_KEYS: &[&str] = &[
-    "vocab_size",
-    "max_seq_len",
-    "n_layer",
-    "n_head",
-    "d_model",
-    "d_ff",
-    "moe_every",
-    "n_experts",
-];
+const ARCH_KEYS: &[&str] =
+    &["vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "d_ff", "moe_every", "n_experts"];
 
 /// Copy checkpoint values into `model` (and `opt`).
-pub fn restore<B: Backend>(
-    be: &B,
-    ck: &Checkpoint,
-    model: &mut Model<B>,
-    opt: Option<&mut Optimizer<B>>,
-) {
+pub fn restore<B: Backend>(be: &B, ck: &Checkpoint, model: &mut Model<B>, opt: Option<&mut Optimizer<B>>) {
     for (buf, vals) in model.params.iter_mut().zip(&ck.params) {
         be.upload(buf, vals);
     }

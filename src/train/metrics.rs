@@ -84,14 +84,7 @@ impl Accum {
     /// Add one micro-batch.
     pub fn add(&mut self, s: &MicroStats) {
         if self.moe.is_empty() {
-            self.moe = s
-                .moe
-                .iter()
-                .map(|m| MoeRecord {
-                    layer: m.layer,
-                    ..Default::default()
-                })
-                .collect();
+            self.moe = s.moe.iter().map(|m| MoeRecord { layer: m.layer, ..Default::default() }).collect();
         }
         self.count += 1;
         self.ce += s.ce;

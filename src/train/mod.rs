@@ -88,12 +88,7 @@ fn to_i32(v: &[u32]) -> Vec<i32> {
 
 /// Evaluate `model` on `eval_batches` validation batches with the eval
 /// capacity factor.
-pub fn evaluate<B: Backend>(
-    be: &B,
-    model: &mut Model<B>,
-    data: &Dataset,
-    batches: usize,
-) -> Result<EvalRecord> {
+pub fn evaluate<B: Backend>(be: &B, model: &mut Model<B>, data: &Dataset, batches: usize) -> Result<EvalRecord> {
     let (b, t) = (model.cfg.train.batch_size, model.cfg.train.seq_len);
     let mut x = vec![0u32; b * t];
     let mut y = vec![0u32; b * t];
@@ -120,20 +115,14 @@ fn prepare_run_dir(out: &Path, resuming_here: bool) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| {
         Error::io(
             out,
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot create the run directory ({e}); choose a writable --out"),
-            ),
+            std::io::Error::new(e.kind(), format!("cannot create the run directory ({e}); choose a writable --out")),
         )
     })?;
     let probe = out.join(".write-test");
     std::fs::write(&probe, b"ok").map_err(|e| {
         Error::io(
             out,
-            std::io::Error::new(
-                e.kind(),
-                format!("the run directory is not writable ({e}); choose a writable --out"),
-            ),
+            std::io::Error::new(e.kind(), format!("the run directory is not writable ({e}); choose a writable --out")),
         )
     })?;
     let _ = std::fs::remove_file(&probe);
@@ -150,14 +139,8 @@ fn prepare_run_dir(out: &Path, resuming_here: bool) -> Result<()> {
 /// Train `cfg` on backend `be`, writing the run into `opts.out`.
 pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     cfg.validate()?;
-    let resume_dir = opts
-        .resume
-        .as_deref()
-        .map(checkpoint::resolve)
-        .transpose()?;
-    let resuming_here = resume_dir
-        .as_ref()
-        .is_some_and(|d| d.parent() == Some(opts.out.as_path()));
+    let resume_dir = opts.resume.as_deref().map(checkpoint::resolve).transpose()?;
+    let resuming_here = resume_dir.as_ref().is_some_and(|d| d.parent() == Some(opts.out.as_path()));
     prepare_run_dir(&opts.out, resuming_here)?;
     let data = Dataset::open(cfg)?;
     let mut model = Model::new(be, cfg)?;
@@ -196,9 +179,7 @@ pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<Tr
     let info = data.info().clone();
     let (b, t, accum) = (tc.batch_size, tc.seq_len, tc.grad_accum);
     let steps = tc.steps as u64;
-    let end = opts
-        .max_steps_this_run
-        .map_or(steps, |m| (start + m).min(steps));
+    let end = opts.max_steps_this_run.map_or(steps, |m| (start + m).min(steps));
     let bar = progress_bar(opts.progress, start, steps);
     let mut x = vec![0u32; b * t];
     let mut y = vec![0u32; b * t];
@@ -215,10 +196,7 @@ pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<Tr
         let mut acc = Accum::default();
         for micro in 0..accum as u64 {
             data.train_batch(step, micro, b, t, &mut x, &mut y);
-            let pass = Pass::Train {
-                jitter_seed: mix(mix(tc.seed, step), micro),
-                loss_weight: 1.0 / accum as f32,
-            };
+            let pass = Pass::Train { jitter_seed: mix(mix(tc.seed, step), micro), loss_weight: 1.0 / accum as f32 };
             let s = model.step(be, &to_i32(&x), &to_i32(&y), b, t, pass)?;
             if !s.loss().is_finite() {
                 bar.abandon();
@@ -259,14 +237,7 @@ pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<Tr
         bar.set_message(status_line(last.1, val_loss, &info, rec.tokens_per_s));
         let stop = stop_requested() || step == end && !is_last;
         if (tc.checkpoint_every > 0 && step % tc.checkpoint_every as u64 == 0) || is_last || stop {
-            last_ckpt = Some(checkpoint::save(
-                be,
-                &opts.out,
-                &model,
-                &opt,
-                step,
-                tc.keep_checkpoints,
-            )?);
+            last_ckpt = Some(checkpoint::save(be, &opts.out, &model, &opt, step, tc.keep_checkpoints)?);
         }
         if stop {
             interrupted = true;
@@ -289,11 +260,8 @@ pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<Tr
         losses,
     };
     let path = opts.out.join("summary.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&summary).expect("serializes"),
-    )
-    .map_err(|e| Error::io(&path, e))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("serializes"))
+        .map_err(|e| Error::io(&path, e))?;
     Ok(summary)
 }
 

@@ -23,11 +23,7 @@ impl<B: Backend> Optimizer<B> {
             m.push(be.alloc(s.numel(), &format!("exp_avg of {}", s.name))?);
             v.push(be.alloc(s.numel(), &format!("exp_avg_sq of {}", s.name))?);
         }
-        Ok(Optimizer {
-            m,
-            v,
-            norm_sq: be.alloc(1, "gradient norm")?,
-        })
+        Ok(Optimizer { m, v, norm_sq: be.alloc(1, "gradient norm")? })
     }
 
     /// One update with learning rate `lr` at 1-based step `t`. Returns the
@@ -43,22 +39,11 @@ impl<B: Backend> Optimizer<B> {
                 beta1: tc.beta1 as f32,
                 beta2: tc.beta2 as f32,
                 eps: tc.eps as f32,
-                weight_decay: if spec.decays(tc.decay_all) {
-                    tc.weight_decay as f32
-                } else {
-                    0.0
-                },
+                weight_decay: if spec.decays(tc.decay_all) { tc.weight_decay as f32 } else { 0.0 },
                 t,
                 max_norm: tc.grad_clip as f32,
             };
-            be.adamw(
-                &mut model.params[i],
-                &model.grads[i],
-                &mut self.m[i],
-                &mut self.v[i],
-                &self.norm_sq,
-                &h,
-            );
+            be.adamw(&mut model.params[i], &model.grads[i], &mut self.m[i], &mut self.v[i], &self.norm_sq, &h);
         }
         be.download(&self.norm_sq)[0].sqrt()
     }

@@ -33,9 +33,6 @@ mod tests {
         assert!((learning_rate(&t, 60) - 0.55).abs() < 1e-12);
         assert!((learning_rate(&t, 110) - 0.1).abs() < 1e-12);
         let lrs: Vec<f64> = (10..110).map(|s| learning_rate(&t, s)).collect();
-        assert!(
-            lrs.windows(2).all(|w| w[1] <= w[0]),
-            "cosine must not increase"
-        );
+        assert!(lrs.windows(2).all(|w| w[1] <= w[0]), "cosine must not increase");
     }
 }

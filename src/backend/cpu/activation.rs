@@ -27,23 +27,18 @@ pub fn gelu_grad(x: f32) -> f32 {
 
 /// `out = gelu(x)` elementwise.
 pub fn gelu_fwd(out: &mut [f32], x: &[f32]) {
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = gelu(x);
-            }
-        });
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = gelu(x);
+        }
+    });
 }
 
 /// `dx = dout * gelu'(x)` elementwise.
 pub fn gelu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
-    dx.par_chunks_mut(CHUNK)
-        .zip(dout.par_chunks(CHUNK))
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|((d, g), x)| {
-            for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
-                *d = g * gelu_grad(x);
-            }
-        });
+    dx.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK)).zip(x.par_chunks(CHUNK)).for_each(|((d, g), x)| {
+        for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
+            *d = g * gelu_grad(x);
+        }
+    });
 }

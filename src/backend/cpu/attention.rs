@@ -102,15 +102,7 @@ fn causal_probs(s: &mut [f32], t: usize, scale: f32, lse_out: Option<&mut [f32]>
 
 /// Forward: `out` and `lse` from packed `qkv`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_fwd(
-    out: &mut [f32],
-    lse: &mut [f32],
-    qkv: &[f32],
-    b: usize,
-    t: usize,
-    h: usize,
-    hd: usize,
-) {
+pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], qkv: &[f32], b: usize, t: usize, h: usize, hd: usize) {
     let d = h * hd;
     assert!(
         qkv.len() >= b * t * 3 * d && out.len() >= b * t * d && lse.len() >= b * h * t,
@@ -118,52 +110,23 @@ pub fn attention_fwd(
     );
     let scale = 1.0 / (hd as f32).sqrt();
     let outp = SendPtr(out.as_mut_ptr());
-    lse[..b * h * t]
-        .par_chunks_mut(t)
-        .enumerate()
-        .for_each(|(bh, lse_row)| {
-            let (bi, hi) = (bh / h, bh % h);
-            let base = bi * t * 3 * d + hi * hd;
-            let q = qkv[base..].as_ptr();
-            let k = qkv[base + d..].as_ptr();
-            let v = qkv[base + 2 * d..].as_ptr();
-            let mut s = vec![0.0f32; t * t];
-            let o = outp;
-            // SAFETY: q/k/v rows are t rows of stride 3d inside qkv (asserted);
-            // each task writes only its own head's columns of `out`.
-            unsafe {
-                gemm_view(
-                    t,
-                    t,
-                    hd,
-                    s.as_mut_ptr(),
-                    t,
-                    q,
-                    3 * d as isize,
-                    1,
-                    k,
-                    1,
-                    3 * d as isize,
-                    1.0,
-                );
-                causal_probs(&mut s, t, scale, Some(lse_row), &[]);
-                let dst = o.0.add(bi * t * d + hi * hd);
-                gemm_view(
-                    t,
-                    hd,
-                    t,
-                    dst,
-                    d,
-                    s.as_ptr(),
-                    t as isize,
-                    1,
-                    v,
-                    3 * d as isize,
-                    1,
-                    1.0,
-                );
-            }
-        });
+    lse[..b * h * t].par_chunks_mut(t).enumerate().for_each(|(bh, lse_row)| {
+        let (bi, hi) = (bh / h, bh % h);
+        let base = bi * t * 3 * d + hi * hd;
+        let q = qkv[base..].as_ptr();
+        let k = qkv[base + d..].as_ptr();
+        let v = qkv[base + 2 * d..].as_ptr();
+        let mut s = vec![0.0f32; t * t];
+        let o = outp;
+        // SAFETY: q/k/v rows are t rows of stride 3d inside qkv (asserted);
+        // each task writes only its own head's columns of `out`.
+        unsafe {
+            gemm_view(t, t, hd, s.as_mut_ptr(), t, q, 3 * d as isize, 1, k, 1, 3 * d as isize, 1.0);
+            causal_probs(&mut s, t, scale, Some(lse_row), &[]);
+            let dst = o.0.add(bi * t * d + hi * hd);
+            gemm_view(t, hd, t, dst, d, s.as_ptr(), t as isize, 1, v, 3 * d as isize, 1, 1.0);
+        }
+    });
 }
 
 /// Backward: `dqkv` (`=`) from `dout`, recomputing P from `qkv` and `lse`.
@@ -181,10 +144,7 @@ pub fn attention_bwd(
 ) {
     let d = h * hd;
     assert!(
-        dqkv.len() >= b * t * 3 * d
-            && dout.len() >= b * t * d
-            && out.len() >= b * t * d
-            && lse.len() >= b * h * t,
+        dqkv.len() >= b * t * 3 * d && dout.len() >= b * t * d && out.len() >= b * t * d && lse.len() >= b * h * t,
         "attention_bwd: buffers too small"
     );
     let scale = 1.0 / (hd as f32).sqrt();
@@ -203,52 +163,13 @@ pub fn attention_bwd(
         // SAFETY: as in the forward pass; each task writes only the q, k and
         // v columns of its own head in `dqkv`.
         unsafe {
-            gemm_view(
-                t,
-                t,
-                hd,
-                p.as_mut_ptr(),
-                t,
-                q,
-                3 * d as isize,
-                1,
-                k,
-                1,
-                3 * d as isize,
-                1.0,
-            );
+            gemm_view(t, t, hd, p.as_mut_ptr(), t, q, 3 * d as isize, 1, k, 1, 3 * d as isize, 1.0);
             causal_probs(&mut p, t, scale, None, &lse[bh * t..(bh + 1) * t]);
             // dV = P^T dO
             let dv = dq_ptr.0.add(base + 2 * d);
-            gemm_view(
-                t,
-                hd,
-                t,
-                dv,
-                3 * d,
-                p.as_ptr(),
-                1,
-                t as isize,
-                dop,
-                d as isize,
-                1,
-                1.0,
-            );
+            gemm_view(t, hd, t, dv, 3 * d, p.as_ptr(), 1, t as isize, dop, d as isize, 1, 1.0);
             // dP = dO V^T
-            gemm_view(
-                t,
-                t,
-                hd,
-                ds.as_mut_ptr(),
-                t,
-                dop,
-                d as isize,
-                1,
-                v,
-                1,
-                3 * d as isize,
-                1.0,
-            );
+            gemm_view(t, t, hd, ds.as_mut_ptr(), t, dop, d as isize, 1, v, 1, 3 * d as isize, 1.0);
             // dS = P * (dP - D_i), D_i = rowsum(dO * O)
             for i in 0..t {
                 let o_row = &out[obase + i * d..obase + i * d + hd];
@@ -263,35 +184,9 @@ pub fn attention_bwd(
             }
             // dQ = scale * dS K, dK = scale * dS^T Q
             let dq = dq_ptr.0.add(base);
-            gemm_view(
-                t,
-                hd,
-                t,
-                dq,
-                3 * d,
-                ds.as_ptr(),
-                t as isize,
-                1,
-                k,
-                3 * d as isize,
-                1,
-                scale,
-            );
+            gemm_view(t, hd, t, dq, 3 * d, ds.as_ptr(), t as isize, 1, k, 3 * d as isize, 1, scale);
             let dk = dq_ptr.0.add(base + d);
-            gemm_view(
-                t,
-                hd,
-                t,
-                dk,
-                3 * d,
-                ds.as_ptr(),
-                1,
-                t as isize,
-                q,
-                3 * d as isize,
-                1,
-                scale,
-            );
+            gemm_view(t, hd, t, dk, 3 * d, ds.as_ptr(), 1, t as isize, q, 3 * d as isize, 1, scale);
         }
     });
 }

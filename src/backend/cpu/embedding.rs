@@ -6,39 +6,20 @@ use rayon::prelude::*;
 use super::index_of;
 
 /// `out[b*T + t] = wte[tokens[b*T + t]] + wpe[t]`.
-pub fn embedding_fwd(
-    out: &mut [f32],
-    tokens: &[i32],
-    wte: &[f32],
-    wpe: &[f32],
-    b: usize,
-    t: usize,
-    d: usize,
-) {
-    out[..b * t * d]
-        .par_chunks_mut(d)
-        .enumerate()
-        .for_each(|(n, o)| {
-            let tok = index_of(tokens[n]).expect("token ids are validated on load");
-            let pos = n % t;
-            let e = &wte[tok * d..(tok + 1) * d];
-            let p = &wpe[pos * d..(pos + 1) * d];
-            for i in 0..d {
-                o[i] = e[i] + p[i];
-            }
-        });
+pub fn embedding_fwd(out: &mut [f32], tokens: &[i32], wte: &[f32], wpe: &[f32], b: usize, t: usize, d: usize) {
+    out[..b * t * d].par_chunks_mut(d).enumerate().for_each(|(n, o)| {
+        let tok = index_of(tokens[n]).expect("token ids are validated on load");
+        let pos = n % t;
+        let e = &wte[tok * d..(tok + 1) * d];
+        let p = &wpe[pos * d..(pos + 1) * d];
+        for i in 0..d {
+            o[i] = e[i] + p[i];
+        }
+    });
 }
 
 /// `dwte[tokens[n]] += dout[n]`, `dwpe[t] += dout[b*T + t]`, rows in order.
-pub fn embedding_bwd(
-    dwte: &mut [f32],
-    dwpe: &mut [f32],
-    dout: &[f32],
-    tokens: &[i32],
-    b: usize,
-    t: usize,
-    d: usize,
-) {
+pub fn embedding_bwd(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[i32], b: usize, t: usize, d: usize) {
     for n in 0..b * t {
         let tok = index_of(tokens[n]).expect("token ids are validated on load");
         let pos = n % t;

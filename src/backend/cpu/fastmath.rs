@@ -32,9 +32,7 @@ pub fn exp(x: f32) -> f32 {
     }
     // 2^n from the bits of the float 2^23 + (n + 127), whose low mantissa bits
     // hold the biased exponent: no float-to-int conversion, so it vectorizes.
-    let biased = (n + (127.0 + 8_388_608.0))
-        .to_bits()
-        .wrapping_sub(0x4B00_0000);
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits().wrapping_sub(0x4B00_0000);
     p * f32::from_bits(biased << 23)
 }
 

@@ -26,15 +26,9 @@ pub fn cross_entropy(
         (lse - l[tgt], max, sum)
     };
     match dlogits {
-        None => losses[..rows]
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(r, out)| *out = row_loss(r).0),
-        Some(dl) => dl[..rows * v]
-            .par_chunks_mut(v)
-            .zip(losses[..rows].par_iter_mut())
-            .enumerate()
-            .for_each(|(r, (d, out))| {
+        None => losses[..rows].par_iter_mut().enumerate().for_each(|(r, out)| *out = row_loss(r).0),
+        Some(dl) => {
+            dl[..rows * v].par_chunks_mut(v).zip(losses[..rows].par_iter_mut()).enumerate().for_each(|(r, (d, out))| {
                 let (loss, max, sum) = row_loss(r);
                 *out = loss;
                 let l = &logits[r * v..(r + 1) * v];
@@ -44,6 +38,7 @@ pub fn cross_entropy(
                 }
                 let tgt = index_of(targets[r]).expect("validated");
                 d[tgt] -= dloss;
-            }),
+            })
+        }
     }
 }

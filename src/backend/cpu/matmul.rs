@@ -95,12 +95,7 @@ fn segment(offsets: &[i32], e: usize) -> std::ops::Range<usize> {
 
 /// Split the first `offsets[E]` rows of `buf` (rows of `width` values) into
 /// one mutable slice per expert segment.
-fn split_segments<'a>(
-    mut buf: &'a mut [f32],
-    offsets: &[i32],
-    e: usize,
-    width: usize,
-) -> Vec<&'a mut [f32]> {
+fn split_segments<'a>(mut buf: &'a mut [f32], offsets: &[i32], e: usize, width: usize) -> Vec<&'a mut [f32]> {
     let mut segs = Vec::with_capacity(e);
     for ex in 0..e {
         let (head, tail) = buf.split_at_mut(segment(offsets, ex).len() * width);
@@ -120,10 +115,7 @@ fn split_segments<'a>(
 /// row order either way.
 fn experts_in_parallel(offsets: &[i32], e: usize, par: gemm::Parallelism) -> bool {
     let total = index_of(offsets[e]).unwrap_or(0);
-    let largest = (0..e)
-        .map(|ex| segment(offsets, ex).len())
-        .max()
-        .unwrap_or(0);
+    let largest = (0..e).map(|ex| segment(offsets, ex).len()).max().unwrap_or(0);
     !matches!(par, gemm::Parallelism::None) && e > 1 && 2 * largest <= total
 }
 
@@ -153,29 +145,14 @@ pub fn grouped_matmul(
     par: gemm::Parallelism,
 ) {
     let parallel = experts_in_parallel(offsets, e, par);
-    let inner = if parallel {
-        gemm::Parallelism::None
-    } else {
-        par
-    };
+    let inner = if parallel { gemm::Parallelism::None } else { par };
     let one = |ex: usize, o: &mut [f32]| {
         let seg = segment(offsets, ex);
         if seg.is_empty() {
             return;
         }
         let xs = &x[seg.start * k..seg.end * k];
-        matmul(
-            o,
-            xs,
-            &w[ex * k * n..(ex + 1) * k * n],
-            seg.len(),
-            k,
-            n,
-            false,
-            false,
-            false,
-            inner,
-        );
+        matmul(o, xs, &w[ex * k * n..(ex + 1) * k * n], seg.len(), k, n, false, false, false, inner);
         for row in o.chunks_exact_mut(n) {
             for (v, bias) in row.iter_mut().zip(&b[ex * n..(ex + 1) * n]) {
                 *v += bias;
@@ -184,9 +161,7 @@ pub fn grouped_matmul(
     };
     let segs = split_segments(out, offsets, e, n);
     if parallel {
-        segs.into_par_iter()
-            .enumerate()
-            .for_each(|(ex, o)| one(ex, o));
+        segs.into_par_iter().enumerate().for_each(|(ex, o)| one(ex, o));
     } else {
         segs.into_iter().enumerate().for_each(|(ex, o)| one(ex, o));
     }
@@ -209,11 +184,7 @@ pub fn grouped_matmul_bwd(
     par: gemm::Parallelism,
 ) {
     let parallel = experts_in_parallel(offsets, e, par);
-    let inner = if parallel {
-        gemm::Parallelism::None
-    } else {
-        par
-    };
+    let inner = if parallel { gemm::Parallelism::None } else { par };
     let one = |ex: usize, dxs: &mut [f32], dwe: &mut [f32], dbe: &mut [f32]| {
         let seg = segment(offsets, ex);
         if seg.is_empty() {
@@ -222,34 +193,15 @@ pub fn grouped_matmul_bwd(
         let rows = seg.len();
         let dys = &dy[seg.start * n..seg.end * n];
         let xs = &x[seg.start * k..seg.end * k];
-        matmul(
-            dxs,
-            dys,
-            &w[ex * k * n..(ex + 1) * k * n],
-            rows,
-            n,
-            k,
-            false,
-            true,
-            false,
-            inner,
-        );
+        matmul(dxs, dys, &w[ex * k * n..(ex + 1) * k * n], rows, n, k, false, true, false, inner);
         matmul(dwe, xs, dys, k, rows, n, true, false, true, inner);
         colsum_into(dbe, dys, n);
     };
     let segs = split_segments(dx, offsets, e, k);
-    let work: Vec<_> = segs
-        .into_iter()
-        .zip(dw[..e * k * n].chunks_mut(k * n))
-        .zip(db[..e * n].chunks_mut(n))
-        .collect();
+    let work: Vec<_> = segs.into_iter().zip(dw[..e * k * n].chunks_mut(k * n)).zip(db[..e * n].chunks_mut(n)).collect();
     if parallel {
-        work.into_par_iter()
-            .enumerate()
-            .for_each(|(ex, ((dxs, dwe), dbe))| one(ex, dxs, dwe, dbe));
+        work.into_par_iter().enumerate().for_each(|(ex, ((dxs, dwe), dbe))| one(ex, dxs, dwe, dbe));
     } else {
-        work.into_iter()
-            .enumerate()
-            .for_each(|(ex, ((dxs, dwe), dbe))| one(ex, dxs, dwe, dbe));
+        work.into_iter().enumerate().for_each(|(ex, ((dxs, dwe), dbe))| one(ex, dxs, dwe, dbe));
     }
 }

@@ -36,13 +36,8 @@ pub struct Cpu {
 impl Cpu {
     /// A backend with `threads` worker threads (0 = one per core).
     pub fn new(threads: usize) -> Result<Cpu> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            threads
-        };
+        let threads =
+            if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -82,24 +77,17 @@ unsafe impl Sync for SendPtr {}
 /// `f(r0..r1, partial)` adds rows `r0..r1` into a zeroed `partial` of
 /// `out.len()` values; chunks of [`REDUCE_CHUNK`] rows run in parallel and
 /// their partials are added to `out` in chunk order.
-pub fn reduce_rows(
-    out: &mut [f32],
-    rows: usize,
-    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
-) {
+pub fn reduce_rows(out: &mut [f32], rows: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
     let width = out.len();
     let chunks = rows.div_ceil(REDUCE_CHUNK);
     let mut partials = vec![0.0f32; chunks * width];
     if width == 0 {
         return;
     }
-    partials
-        .par_chunks_mut(width)
-        .enumerate()
-        .for_each(|(c, part)| {
-            let r0 = c * REDUCE_CHUNK;
-            f(r0..(r0 + REDUCE_CHUNK).min(rows), part);
-        });
+    partials.par_chunks_mut(width).enumerate().for_each(|(c, part)| {
+        let r0 = c * REDUCE_CHUNK;
+        f(r0..(r0 + REDUCE_CHUNK).min(rows), part);
+    });
     for part in partials.chunks(width) {
         for (o, p) in out.iter_mut().zip(part) {
             *o += p;
@@ -134,12 +122,8 @@ impl Backend for Cpu {
 
     fn alloc_i(&self, n: usize, what: &str) -> Result<Vec<i32>> {
         let mut v = Vec::new();
-        v.try_reserve_exact(n).map_err(|_| {
-            Error::Backend(format!(
-                "out of host memory allocating {what} ({} MiB)",
-                (n * 4) >> 20
-            ))
-        })?;
+        v.try_reserve_exact(n)
+            .map_err(|_| Error::Backend(format!("out of host memory allocating {what} ({} MiB)", (n * 4) >> 20)))?;
         v.resize(n, 0);
         Ok(v)
     }
@@ -223,13 +207,11 @@ impl Backend for Cpu {
     fn add_inplace(&self, a: &mut Vec<f32>, b: &Vec<f32>) {
         assert_eq!(a.len(), b.len(), "add_inplace: length mismatch");
         self.run(|| {
-            a.par_chunks_mut(4096)
-                .zip(b.par_chunks(4096))
-                .for_each(|(a, b)| {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                })
+            a.par_chunks_mut(4096).zip(b.par_chunks(4096)).for_each(|(a, b)| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+            })
         });
     }
 
@@ -329,14 +311,7 @@ impl Backend for Cpu {
         self.run(|| attention::attention_bwd(dqkv, dout, qkv, out, lse, b, t, h, hd));
     }
 
-    fn router_jitter(
-        &self,
-        out: &mut Vec<f32>,
-        mult: &mut Vec<f32>,
-        x: &Vec<f32>,
-        eps: f32,
-        seed: u64,
-    ) {
+    fn router_jitter(&self, out: &mut Vec<f32>, mult: &mut Vec<f32>, x: &Vec<f32>, eps: f32, seed: u64) {
         router::jitter(out, mult, x, eps, seed);
     }
 
@@ -358,11 +333,7 @@ impl Backend for Cpu {
         logits: &Vec<f32>,
         p: &RouterParams,
     ) {
-        self.run(|| {
-            router::router_fwd(
-                probs, expert, gate, row, row_assign, offsets, stats, logits, p,
-            )
-        });
+        self.run(|| router::router_fwd(probs, expert, gate, row, row_assign, offsets, stats, logits, p));
     }
 
     fn router_bwd(
@@ -379,27 +350,11 @@ impl Backend for Cpu {
         self.run(|| router::router_bwd(dlogits, dgate, logits, probs, expert, stats, p, dloss));
     }
 
-    fn dispatch_fwd(
-        &self,
-        xe: &mut Vec<f32>,
-        x: &Vec<f32>,
-        row_assign: &Vec<i32>,
-        n_rows: usize,
-        k: usize,
-        d: usize,
-    ) {
+    fn dispatch_fwd(&self, xe: &mut Vec<f32>, x: &Vec<f32>, row_assign: &Vec<i32>, n_rows: usize, k: usize, d: usize) {
         self.run(|| dispatch::dispatch_fwd(xe, x, row_assign, n_rows, k, d));
     }
 
-    fn dispatch_bwd(
-        &self,
-        dx: &mut Vec<f32>,
-        dxe: &Vec<f32>,
-        row: &Vec<i32>,
-        n: usize,
-        k: usize,
-        d: usize,
-    ) {
+    fn dispatch_bwd(&self, dx: &mut Vec<f32>, dxe: &Vec<f32>, row: &Vec<i32>, n: usize, k: usize, d: usize) {
         self.run(|| dispatch::dispatch_bwd(dx, dxe, row, n, k, d));
     }
 
@@ -430,9 +385,7 @@ impl Backend for Cpu {
         k: usize,
         d: usize,
     ) {
-        self.run(|| {
-            dispatch::combine_bwd(dye, dgate, dout, ye, row, row_assign, gate, n_rows, n, k, d)
-        });
+        self.run(|| dispatch::combine_bwd(dye, dgate, dout, ye, row, row_assign, gate, n_rows, n, k, d));
     }
 
     fn cross_entropy(
@@ -445,17 +398,7 @@ impl Backend for Cpu {
         v: usize,
         dloss: f32,
     ) {
-        self.run(|| {
-            loss::cross_entropy(
-                losses,
-                dlogits.map(|d| d.as_mut_slice()),
-                logits,
-                targets,
-                rows,
-                v,
-                dloss,
-            )
-        });
+        self.run(|| loss::cross_entropy(losses, dlogits.map(|d| d.as_mut_slice()), logits, targets, rows, v, dloss));
     }
 
     fn sum_squares(&self, acc: &mut Vec<f32>, g: &Vec<f32>) {

@@ -61,28 +61,25 @@ pub fn layernorm_bwd(
     // Rows in groups of ROWS per task, so the two scratch rows are
     // allocated once per group rather than once per row.
     const ROWS: usize = 32;
-    dx[..rows * c]
-        .par_chunks_mut(c * ROWS)
-        .enumerate()
-        .for_each(|(grp, dxg)| {
-            let mut g = vec![0.0f32; c];
-            let mut xhat = vec![0.0f32; c];
-            for (i_row, dxr) in dxg.chunks_mut(c).enumerate() {
-                let r = grp * ROWS + i_row;
-                let xr = &x[r * c..(r + 1) * c];
-                let gr = &dout[r * c..(r + 1) * c];
-                let (mu, rs) = (mean[r], rstd[r]);
-                for i in 0..c {
-                    g[i] = gr[i] * w[i];
-                    xhat[i] = (xr[i] - mu) * rs;
-                }
-                let mean_g = fastmath::sum(&g) / c as f32;
-                let mean_gx = fastmath::dot(&g, &xhat) / c as f32;
-                for i in 0..c {
-                    dxr[i] += rs * (g[i] - mean_g - xhat[i] * mean_gx);
-                }
+    dx[..rows * c].par_chunks_mut(c * ROWS).enumerate().for_each(|(grp, dxg)| {
+        let mut g = vec![0.0f32; c];
+        let mut xhat = vec![0.0f32; c];
+        for (i_row, dxr) in dxg.chunks_mut(c).enumerate() {
+            let r = grp * ROWS + i_row;
+            let xr = &x[r * c..(r + 1) * c];
+            let gr = &dout[r * c..(r + 1) * c];
+            let (mu, rs) = (mean[r], rstd[r]);
+            for i in 0..c {
+                g[i] = gr[i] * w[i];
+                xhat[i] = (xr[i] - mu) * rs;
             }
-        });
+            let mean_g = fastmath::sum(&g) / c as f32;
+            let mean_gx = fastmath::dot(&g, &xhat) / c as f32;
+            for i in 0..c {
+                dxr[i] += rs * (g[i] - mean_g - xhat[i] * mean_gx);
+            }
+        }
+    });
     let mut dwb = vec![0.0f32; 2 * c];
     reduce_rows(&mut dwb, rows, |range, part| {
         let (pw, pb) = part.split_at_mut(c);

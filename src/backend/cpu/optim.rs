@@ -10,10 +10,8 @@ const CHUNK: usize = 4096;
 
 /// `sum(g^2)` in f64, fixed chunk order.
 pub fn sum_squares(g: &[f32]) -> f64 {
-    let partials: Vec<f64> = g
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .collect();
+    let partials: Vec<f64> =
+        g.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect();
     partials.iter().sum()
 }
 
@@ -29,14 +27,7 @@ pub fn clip_scale(norm_sq: f32, max_norm: f32) -> f32 {
 
 /// AdamW (Loshchilov & Hutter; PyTorch `torch.optim.AdamW` semantics):
 /// `p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)`.
-pub fn adamw(
-    param: &mut [f32],
-    grad: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    norm_sq: f32,
-    h: &AdamW,
-) {
+pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], norm_sq: f32, h: &AdamW) {
     let scale = clip_scale(norm_sq, h.max_norm);
     let bc1 = 1.0 - h.beta1.powi(h.t as i32);
     let bc2 = 1.0 - h.beta2.powi(h.t as i32);

@@ -194,32 +194,29 @@ pub fn router_bwd(
         })
         .collect();
     let zc = dloss * rp.z_coef * 2.0 / n as f32;
-    dlogits[..n * e]
-        .par_chunks_mut(e)
-        .enumerate()
-        .for_each(|(t, dz)| {
-            let p = &probs[t * e..(t + 1) * e];
-            let z = &logits[t * e..(t + 1) * e];
-            let ex = &expert[t * k..(t + 1) * k];
-            let dg = &dgate[t * k..(t + 1) * k];
-            // dp, built in dz.
-            dz.copy_from_slice(&daux);
-            if rp.normalize_gates {
-                let s: f32 = ex.iter().map(|&x| p[x as usize]).sum();
-                let dot: f32 = ex.iter().zip(dg).map(|(&x, &g)| g * p[x as usize]).sum();
-                for (&x, &g) in ex.iter().zip(dg) {
-                    dz[index_of(x).expect("expert index")] += g / s - dot / (s * s);
-                }
-            } else {
-                for (&x, &g) in ex.iter().zip(dg) {
-                    dz[index_of(x).expect("expert index")] += g;
-                }
+    dlogits[..n * e].par_chunks_mut(e).enumerate().for_each(|(t, dz)| {
+        let p = &probs[t * e..(t + 1) * e];
+        let z = &logits[t * e..(t + 1) * e];
+        let ex = &expert[t * k..(t + 1) * k];
+        let dg = &dgate[t * k..(t + 1) * k];
+        // dp, built in dz.
+        dz.copy_from_slice(&daux);
+        if rp.normalize_gates {
+            let s: f32 = ex.iter().map(|&x| p[x as usize]).sum();
+            let dot: f32 = ex.iter().zip(dg).map(|(&x, &g)| g * p[x as usize]).sum();
+            for (&x, &g) in ex.iter().zip(dg) {
+                dz[index_of(x).expect("expert index")] += g / s - dot / (s * s);
             }
-            let inner: f32 = p.iter().zip(dz.iter()).map(|(a, b)| a * b).sum();
-            let max = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let lse = max + z.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
-            for i in 0..e {
-                dz[i] = p[i] * (dz[i] - inner) + zc * lse * p[i];
+        } else {
+            for (&x, &g) in ex.iter().zip(dg) {
+                dz[index_of(x).expect("expert index")] += g;
             }
-        });
+        }
+        let inner: f32 = p.iter().zip(dz.iter()).map(|(a, b)| a * b).sum();
+        let max = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let lse = max + z.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+        for i in 0..e {
+            dz[i] = p[i] * (dz[i] - inner) + zc * lse * p[i];
+        }
+    });
 }
