@@ -3,9 +3,9 @@
 # (rustup, cargo). Needs nothing else: all crates come from crates.io.
 #   1. formatting (cargo fmt --check)
 #   2. lints (cargo clippy --all-targets, warnings are errors)
-#   3. every test: unit, integration (gradients, router invariants,
+#   3. the benchmarks compile
+#   4. every test: unit, integration (gradients, router invariants,
 #      convergence, determinism, resume, checkpoints, CLI, bad input), doc
-#   4. the benchmarks compile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +23,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
-echo "== cargo test"
-cargo test --quiet
 echo "== cargo bench --no-run"
 cargo bench --no-run --quiet
+echo "== cargo test"
+log=$(mktemp)
+cargo test --quiet 2>&1 | tee "$log"
+# One closing line over every test binary (cargo prints one per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
