@@ -61,42 +61,33 @@ unsafe fn gemm_view(
     );
 }
 
-/// Scaled, causally masked probabilities of one head: `p[i, j] = exp(s_ij *
-/// scale - lse_i)` for `j <= i`, 0 above the diagonal. `s` holds raw `QK^T`
-/// on entry. Returns nothing; if `lse_out` is given it is filled (forward),
-/// else `lse_in` is used (backward recomputation).
-fn causal_probs(s: &mut [f32], t: usize, scale: f32, lse_out: Option<&mut [f32]>, lse_in: &[f32]) {
-    match lse_out {
-        Some(lse) => {
-            for i in 0..t {
-                let row = &mut s[i * t..(i + 1) * t];
-                let live = &mut row[..=i];
-                for v in live.iter_mut() {
-                    *v *= scale;
-                }
-                let max = fastmath::max(live);
-                for v in live.iter_mut() {
-                    *v = fastmath::exp(*v - max);
-                }
-                let sum = fastmath::sum(live);
-                let inv = 1.0 / sum;
-                for v in live.iter_mut() {
-                    *v *= inv;
-                }
-                row[i + 1..].fill(0.0);
-                lse[i] = max + sum.ln();
-            }
-        }
-        None => {
-            for i in 0..t {
-                let row = &mut s[i * t..(i + 1) * t];
-                let l = lse_in[i];
-                for v in row[..=i].iter_mut() {
-                    *v = fastmath::exp(*v * scale - l);
-                }
-                row[i + 1..].fill(0.0);
-            }
-        }
+/// Forward softmax of one head, unnormalized: on entry `s` holds raw `QK^T`;
+/// on exit `s[i, j] = exp(s_ij * scale - m_i)` for `j <= i` (0 above the
+/// diagonal) with `m_i` the row maximum, `lse[i] = m_i + ln(sum_j s[i, j])`
+/// and `inv_sum[i] = 1 / sum_j s[i, j]`. The caller normalizes `O = S V`
+/// row by row afterwards (`t * hd` multiplies instead of `t * t`), as
+/// flash attention does.
+fn causal_softmax_numerators(s: &mut [f32], t: usize, scale: f32, lse: &mut [f32], inv_sum: &mut [f32]) {
+    for i in 0..t {
+        let row = &mut s[i * t..(i + 1) * t];
+        let (live, masked) = row.split_at_mut(i + 1);
+        // scale > 0, so the maximum of the raw scores is the scaled maximum.
+        let max = fastmath::max(live) * scale;
+        let sum = fastmath::exp_in_place_sum(live, scale, max);
+        masked.fill(0.0);
+        lse[i] = max + sum.ln();
+        inv_sum[i] = 1.0 / sum;
+    }
+}
+
+/// Backward recomputation of one head's probabilities from the saved
+/// logsumexp: `p[i, j] = exp(s_ij * scale - lse_i)` for `j <= i`, else 0.
+fn causal_probs_from_lse(s: &mut [f32], t: usize, scale: f32, lse: &[f32]) {
+    for i in 0..t {
+        let row = &mut s[i * t..(i + 1) * t];
+        let (live, masked) = row.split_at_mut(i + 1);
+        fastmath::exp_in_place_sum(live, scale, lse[i]);
+        masked.fill(0.0);
     }
 }
 
@@ -117,14 +108,20 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], qkv: &[f32], b: usize, t:
         let k = qkv[base + d..].as_ptr();
         let v = qkv[base + 2 * d..].as_ptr();
         let mut s = vec![0.0f32; t * t];
+        let mut inv_sum = vec![0.0f32; t];
         let o = outp;
         // SAFETY: q/k/v rows are t rows of stride 3d inside qkv (asserted);
         // each task writes only its own head's columns of `out`.
         unsafe {
             gemm_view(t, t, hd, s.as_mut_ptr(), t, q, 3 * d as isize, 1, k, 1, 3 * d as isize, 1.0);
-            causal_probs(&mut s, t, scale, Some(lse_row), &[]);
+            causal_softmax_numerators(&mut s, t, scale, lse_row, &mut inv_sum);
             let dst = o.0.add(bi * t * d + hi * hd);
             gemm_view(t, hd, t, dst, d, s.as_ptr(), t as isize, 1, v, 3 * d as isize, 1, 1.0);
+            for (i, &inv) in inv_sum.iter().enumerate() {
+                for c in 0..hd {
+                    *dst.add(i * d + c) *= inv;
+                }
+            }
         }
     });
 }
@@ -164,7 +161,7 @@ pub fn attention_bwd(
         // v columns of its own head in `dqkv`.
         unsafe {
             gemm_view(t, t, hd, p.as_mut_ptr(), t, q, 3 * d as isize, 1, k, 1, 3 * d as isize, 1.0);
-            causal_probs(&mut p, t, scale, None, &lse[bh * t..(bh + 1) * t]);
+            causal_probs_from_lse(&mut p, t, scale, &lse[bh * t..(bh + 1) * t]);
             // dV = P^T dO
             let dv = dq_ptr.0.add(base + 2 * d);
             gemm_view(t, hd, t, dv, 3 * d, p.as_ptr(), 1, t as isize, dop, d as isize, 1, 1.0);

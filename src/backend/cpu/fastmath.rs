@@ -95,6 +95,28 @@ pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
     s
 }
 
+/// `x_i <- exp(x_i * scale - shift)` in place, returning the sum of the new
+/// values (the lanes of [`sum`]): one pass for a softmax numerator.
+#[inline]
+pub fn exp_in_place_sum(x: &mut [f32], scale: f32, shift: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            let e = exp(madd(c[i], scale, -shift));
+            c[i] = e;
+            acc[i] += e;
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for v in chunks.into_remainder() {
+        let e = exp(madd(*v, scale, -shift));
+        *v = e;
+        s += e;
+    }
+    s
+}
+
 /// Maximum of a slice (`-inf` if empty), with 8 lanes so it vectorizes
 /// (`f32::max` folds do not: their NaN rule blocks the reduction). Max is
 /// exact, so the lane order cannot change the result.
@@ -173,6 +195,11 @@ mod tests {
         assert_eq!(max(&v), 18.0);
         let e: Vec<f32> = v.iter().map(|&x| exp(x - 18.0)).collect();
         assert_eq!(sum_exp(&v, 18.0), sum(&e));
+        let mut w = v.clone();
+        let total = exp_in_place_sum(&mut w, 0.5, 9.0);
+        let want: Vec<f32> = v.iter().map(|&x| exp(madd(x, 0.5, -9.0))).collect();
+        assert_eq!(w, want);
+        assert_eq!(total, sum(&want));
         assert_eq!(max(&v[..3]), 1.0);
         assert_eq!(max(&[]), f32::NEG_INFINITY);
     }
