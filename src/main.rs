@@ -214,13 +214,17 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
         human(table.active_numel(if m.moe_every == 0 { 1 } else { m.top_k }))
     );
     eprintln!("data: {}", info.description);
-    if let Some(f) = info.loss_floor {
-        eprintln!(
+    match (info.loss_floor, info.unigram_entropy) {
+        (Some(f), _) => eprintln!(
             "loss floor (exact, seq {}): {f:.4} nats/token; unigram entropy {:.4}; bigram entropy {:.4}",
             cfg.train.seq_len,
             info.unigram_entropy.unwrap_or(f64::NAN),
             info.bigram_entropy.unwrap_or(f64::NAN)
-        );
+        ),
+        (None, Some(u)) => {
+            eprintln!("unigram entropy of the training split: {u:.4} nats/token (a model must beat this)")
+        }
+        (None, None) => {}
     }
     eprintln!(
         "device: {}; {} steps of {} x {} tokens x {} micro-batches",

@@ -159,3 +159,25 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join(format!("ckpt-{target:06}")).exists());
 }
+
+#[test]
+fn bench_prints_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let mut a = args(&["bench", "--steps", "2", "--warmup", "1", "--json", json.to_str().unwrap()]);
+    a.extend(sets(&[]));
+    let o = run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("median step") && text.contains("tokens/s"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["steps"], 2);
+    assert_eq!(v["step_ms"].as_array().unwrap().len(), 2);
+    assert_eq!(v["tokens_per_step"], 4 * 32);
+    for key in ["median_ms", "min_ms", "max_ms", "tokens_per_s", "gflops"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    let o = run(&args(&["bench", "--steps", "0"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--steps 0"));
+}
