@@ -46,7 +46,7 @@ struct DeviceArgs {
 }
 
 #[derive(Args)]
-struct TrainArgs {
+struct ConfigArgs {
     /// TOML config file (see `switchyard config`).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -56,6 +56,27 @@ struct TrainArgs {
     /// Override a config key, e.g. --set model.n_experts=16 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// The config from --config or --preset (else `fallback`, else tiny),
+    /// with the --set overrides applied; not yet validated.
+    fn load(&self, fallback: Option<&std::path::Path>) -> Result<Config> {
+        let base = match (&self.config, &self.preset, fallback) {
+            (Some(_), Some(_), _) => bail!("give either --config or --preset, not both"),
+            (Some(path), None, _) => Config::from_file(path)?,
+            (None, Some(p), _) => Config::preset(p)?,
+            (None, None, Some(r)) => checkpoint::read_config(&checkpoint::resolve(r)?)?,
+            (None, None, None) => Config::preset("tiny")?,
+        };
+        Ok(base.apply_overrides(&self.sets)?)
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
     /// Data source: a text file, a directory of text files, a .u16 token file, or "synthetic".
     #[arg(long)]
     data: Option<String>,
@@ -92,15 +113,8 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// TOML config file.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Built-in preset (default tiny).
-    #[arg(long)]
-    preset: Option<String>,
-    /// Override a config key (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    #[command(flatten)]
+    cfg: ConfigArgs,
     /// Timed steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
@@ -115,12 +129,7 @@ struct BenchArgs {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
-    let base = match (&a.config, &a.preset) {
-        (Some(_), Some(_)) => bail!("give either --config or --preset, not both"),
-        (Some(path), None) => Config::from_file(path)?,
-        (None, p) => Config::preset(p.as_deref().unwrap_or("tiny"))?,
-    };
-    let cfg = base.apply_overrides(&a.sets)?;
+    let cfg = a.cfg.load(None)?;
     cfg.validate()?;
     if a.steps == 0 {
         bail!("--steps 0: time at least one step");
@@ -165,14 +174,7 @@ fn utc_stamp() -> String {
 }
 
 fn load_config(a: &TrainArgs) -> Result<Config> {
-    let base = match (&a.config, &a.preset, &a.resume) {
-        (Some(_), Some(_), _) => bail!("give either --config or --preset, not both"),
-        (Some(path), None, _) => Config::from_file(path)?,
-        (None, Some(p), _) => Config::preset(p)?,
-        (None, None, Some(r)) => checkpoint::read_config(&checkpoint::resolve(r)?)?,
-        (None, None, None) => Config::preset("tiny")?,
-    };
-    let mut cfg = base.apply_overrides(&a.sets)?;
+    let mut cfg = a.cfg.load(a.resume.as_deref())?;
     if let Some(d) = &a.data {
         cfg.data.source = d.clone();
     }
@@ -190,7 +192,7 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
             dir.parent().map(PathBuf::from).context("checkpoint has no parent directory")?
         }
         (None, None) => {
-            PathBuf::from("runs").join(format!("{}-{}", a.preset.as_deref().unwrap_or("tiny"), utc_stamp()))
+            PathBuf::from("runs").join(format!("{}-{}", a.cfg.preset.as_deref().unwrap_or("tiny"), utc_stamp()))
         }
     };
     let data = Dataset::open(&cfg)?;
