@@ -169,16 +169,6 @@ impl<B: Backend> Model<B> {
         Ok(self.forward(be, x, y, b, t, pass))
     }
 
-    /// Per-token cross-entropy of the last [`Model::step`] (`[b*t]`).
-    pub fn token_losses(&self, be: &B) -> Vec<f32> {
-        self.acts.as_ref().map(|a| be.download(&a.losses)).unwrap_or_default()
-    }
-
-    /// Logits of the last [`Model::step`] (`[b*t, V]`).
-    pub fn logits(&self, be: &B) -> Vec<f32> {
-        self.acts.as_ref().map(|a| be.download(&a.logits)).unwrap_or_default()
-    }
-
     /// Routing of MoE block `layer` in the last step: `(expert, row, gate)`,
     /// each `[N*k]` (row -1 = dropped). `None` for a dense block.
     pub fn routing(&self, be: &B, layer: usize) -> Option<(Vec<i32>, Vec<i32>, Vec<f32>)> {

@@ -140,7 +140,11 @@ fn prepare_run_dir(out: &Path, resuming_here: bool) -> Result<()> {
 pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     cfg.validate()?;
     let resume_dir = opts.resume.as_deref().map(checkpoint::resolve).transpose()?;
-    let resuming_here = resume_dir.as_ref().is_some_and(|d| d.parent() == Some(opts.out.as_path()));
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let resuming_here = resume_dir.as_ref().and_then(|d| d.parent()).is_some_and(|p| same(p, &opts.out));
     prepare_run_dir(&opts.out, resuming_here)?;
     let data = Dataset::open(cfg)?;
     let mut model = Model::new(be, cfg)?;

@@ -316,9 +316,7 @@ impl Backend for Cpu {
     }
 
     fn router_jitter_bwd(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, mult: &Vec<f32>) {
-        for ((d, g), m) in dx.iter_mut().zip(dout).zip(mult) {
-            *d = g * m;
-        }
+        router::jitter_bwd(dx, dout, mult);
     }
 
     fn router_fwd(

@@ -41,6 +41,13 @@ pub fn jitter(out: &mut [f32], mult: &mut [f32], x: &[f32], eps: f32, seed: u64)
     }
 }
 
+/// Backward of [`jitter`]: `dx = dout * mult`.
+pub fn jitter_bwd(dx: &mut [f32], dout: &[f32], mult: &[f32]) {
+    for ((d, g), m) in dx.iter_mut().zip(dout).zip(mult) {
+        *d = g * m;
+    }
+}
+
 /// Softmax of one row into `p`; returns `(logsumexp, entropy)`.
 fn softmax_row(z: &[f32], p: &mut [f32]) -> (f32, f32) {
     let max = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
