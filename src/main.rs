@@ -6,12 +6,34 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use switchyard::backend::cpu::Cpu;
+use switchyard::backend::cuda::{self, Cuda};
+use switchyard::backend::Backend;
 use switchyard::config::{Config, PRESETS};
 use switchyard::data::Dataset;
 use switchyard::model::Model;
 use switchyard::train::{self, checkpoint, TrainOptions};
 
-/// switchyard: a Mixture-of-Experts research engine (Switch Transformer, CPU reference backend).
+/// The backend a command runs on.
+enum Device {
+    Cpu(Cpu),
+    Cuda(Box<Cuda>),
+}
+
+/// Run `$body` with `$be` bound to the chosen backend (each arm is compiled
+/// for its own backend type: the model and trainer are generic).
+macro_rules! on_device {
+    ($dev:expr, |$be:ident| $body:expr) => {
+        match $dev {
+            Device::Cpu($be) => $body,
+            Device::Cuda(b) => {
+                let $be: &Cuda = b;
+                $body
+            }
+        }
+    };
+}
+
+/// switchyard: a Mixture-of-Experts research engine (Switch Transformer; CPU reference backend and CUDA kernels).
 #[derive(Parser)]
 #[command(name = "switchyard", version, about, long_about = None)]
 struct Cli {
@@ -27,6 +49,12 @@ enum Cmd {
     Eval(EvalArgs),
     /// Time training steps (forward + backward + AdamW) on random tokens: median step time and tokens/s.
     Bench(BenchArgs),
+    /// The embedded CUDA kernels: registers, spills, shared memory and occupancy per kernel (from ptxas).
+    Kernels {
+        /// Print the table as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a full, commented TOML config to start from.
     Config {
         /// Preset to print (tiny, small, switch-base).
@@ -37,7 +65,8 @@ enum Cmd {
 
 #[derive(Args)]
 struct DeviceArgs {
-    /// Compute device: auto or cpu (the CUDA backend is not part of this build).
+    /// Compute device: auto (the GPU when a driver, a device and embedded kernels are there and the
+    /// model runs on it, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
     /// CPU worker threads (0 = one per core). Results do not depend on it.
@@ -134,8 +163,8 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
     if a.steps == 0 {
         bail!("--steps 0: time at least one step");
     }
-    let be = backend(&a.device)?;
-    let r = switchyard::train::bench::train_steps(&be, &cfg, a.warmup, a.steps)?;
+    let dev = backend(&a.device, &cfg)?;
+    let r = on_device!(&dev, |be| switchyard::train::bench::train_steps(be, &cfg, a.warmup, a.steps))?;
     println!(
         "{}: median step {:.2} ms (min {:.2}, max {:.2}) over {} steps, {:.0} tokens/s, {:.1} GFLOP/s of matmul-equivalent work ({} tokens/step, {})",
         r.label, r.median_ms, r.min_ms, r.max_ms, r.steps, r.tokens_per_s, r.gflops, r.tokens_per_step, r.device
@@ -147,14 +176,73 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn backend(d: &DeviceArgs) -> Result<Cpu> {
+/// Open the device `--device` names. `auto` takes the GPU when it is there and
+/// can run `cfg` (else the CPU, with a one-line notice saying why); an explicit
+/// `cuda` that cannot start is an error naming the missing piece.
+fn backend(d: &DeviceArgs, cfg: &Config) -> Result<Device> {
+    let cpu = || -> Result<Device> { Ok(Device::Cpu(Cpu::new(d.threads)?)) };
     match d.device.as_str() {
-        "auto" | "cpu" => Ok(Cpu::new(d.threads)?),
-        other if other.starts_with("cuda") => {
-            bail!("--device {other}: this build has no CUDA backend yet; use --device cpu (or auto)")
+        "cpu" => cpu(),
+        "auto" => {
+            let why = match cuda::probe(0) {
+                Err(e) => e.to_string(),
+                Ok(()) => match Cuda::new(0) {
+                    Err(e) => e.to_string(),
+                    Ok(gpu) => match gpu.supports(cfg) {
+                        Ok(()) => return Ok(Device::Cuda(Box::new(gpu))),
+                        Err(e) => format!("the GPU cannot run this model: {e}"),
+                    },
+                },
+            };
+            let short = why.split(':').next().unwrap_or(&why).to_string();
+            eprintln!("device auto: using the CPU ({short}; --device cuda says more)");
+            cpu()
         }
-        other => bail!("--device {other}: unknown device; use auto or cpu"),
+        other => {
+            let ordinal = match other.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(n) => n
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("--device {other}: expected cuda or cuda:N with N a device number"))?,
+                None => bail!("--device {other}: unknown device; use auto, cpu, cuda or cuda:N"),
+            };
+            let gpu = Cuda::new(ordinal).with_context(|| format!("--device {other}"))?;
+            gpu.supports(cfg).with_context(|| format!("--device {other}"))?;
+            Ok(Device::Cuda(Box::new(gpu)))
+        }
     }
+}
+
+fn cmd_kernels(json: bool) -> Result<ExitCode> {
+    use switchyard::backend::cuda::kernels;
+    let Some(nvcc) = kernels::NVCC_VERSION else {
+        bail!(
+            "this binary has no embedded CUDA kernels (built without nvcc): run scripts/cuda-toolchain.sh and rebuild"
+        );
+    };
+    let rows = kernels::parse_ptxas(kernels::PTXAS_REPORT);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("kernels compiled by nvcc {nvcc}; ptxas resource use per kernel and architecture:");
+    println!("{:<34} {:<7} {:>5} {:>7} {:>7} {:>8}", "kernel", "arch", "regs", "spill", "stack", "smem");
+    for r in rows.iter().filter(|r| !r.arch.starts_with("compute")) {
+        println!(
+            "{:<34} {:<7} {:>5} {:>7} {:>7} {:>8}",
+            r.kernel,
+            r.arch,
+            r.registers,
+            r.spill_stores + r.spill_loads,
+            r.stack,
+            r.smem
+        );
+    }
+    if let Err(e) = cuda::probe(0) {
+        println!("(no GPU here: {e})");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn utc_stamp() -> String {
@@ -184,7 +272,7 @@ fn load_config(a: &TrainArgs) -> Result<Config> {
 
 fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
     let cfg = load_config(&a)?;
-    let be = backend(&a.device)?;
+    let dev = backend(&a.device, &cfg)?;
     let out = match (&a.out, &a.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => {
@@ -230,7 +318,7 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
     }
     eprintln!(
         "device: {}; {} steps of {} x {} tokens x {} micro-batches",
-        switchyard::backend::Backend::name(&be),
+        on_device!(&dev, |be| be.name()),
         cfg.train.steps,
         cfg.train.batch_size,
         cfg.train.seq_len,
@@ -238,7 +326,7 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
     );
     let opts =
         TrainOptions { out: out.clone(), resume: a.resume.clone(), progress: !a.quiet, max_steps_this_run: None };
-    let s = train::train(&be, &cfg, &opts)?;
+    let s = on_device!(&dev, |be| train::train(be, &cfg, &opts))?;
     let mut line = format!("step {}: train loss {:.4} (ce {:.4})", s.steps, s.final_loss, s.final_ce);
     if let Some(v) = s.val_loss {
         line.push_str(&format!(", val loss {v:.4}"));
@@ -274,16 +362,18 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
         cfg.data.source = d.clone();
     }
     cfg.validate()?;
-    let be = backend(&a.device)?;
-    let ck = checkpoint::load(&dir, &cfg, false)?;
-    let mut model = Model::new(&be, &cfg)?;
-    checkpoint::restore(&be, &ck, &mut model, None);
-    let data = Dataset::open(&cfg)?;
     let batches = a.batches.unwrap_or(cfg.train.eval_batches);
     if batches == 0 {
         bail!("--batches 0: evaluate at least one batch");
     }
-    let mut rec = train::evaluate(&be, &mut model, &data, batches)?;
+    let dev = backend(&a.device, &cfg)?;
+    let ck = checkpoint::load(&dir, &cfg, false)?;
+    let data = Dataset::open(&cfg)?;
+    let mut rec = on_device!(&dev, |be| {
+        let mut model = Model::new(be, &cfg)?;
+        checkpoint::restore(be, &ck, &mut model, None);
+        train::evaluate(be, &mut model, &data, batches)?
+    });
     rec.step = ck.step;
     let info = data.info();
     if a.json {
@@ -335,6 +425,7 @@ fn main() -> ExitCode {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Kernels { json } => cmd_kernels(json),
         Cmd::Config { preset } => match Config::preset(&preset) {
             Ok(c) => {
                 print!("{}", c.to_commented_toml());

@@ -14,7 +14,9 @@
 //!   fixed order.
 
 pub mod cpu;
+pub mod cuda;
 
+use crate::config::Config;
 use crate::Result;
 
 /// Routing hyper-parameters of one MoE layer call (DESIGN.md §2, steps 3-9).
@@ -96,6 +98,19 @@ pub trait Backend {
     /// Human-readable device name, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
 
+    /// Refuse a model this backend cannot run (unsupported shapes or layer
+    /// kinds) with an error naming the setting and the fix, before any launch.
+    fn supports(&self, _cfg: &Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Wait for queued work and report the first deferred device error.
+    /// Device backends report failures asynchronously; the model calls this
+    /// after every micro-batch, before its results are used.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
     // ---- memory -------------------------------------------------------
 
     /// A zero-filled f32 buffer of `n` elements; `what` names it in errors.
@@ -135,6 +150,12 @@ pub trait Backend {
     );
     /// `out[r, :] += bias` for every row (`out`: `[rows, n]`, `bias`: `[n]`).
     fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
+    /// Fused `pre += bias` (row-broadcast) then `out = gelu_tanh(pre)` (`=`),
+    /// the FFN's first bias and activation in one pass on a device.
+    fn bias_gelu_fwd(&self, pre: &mut Self::Buf, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize) {
+        self.add_bias(pre, bias, rows, n);
+        self.gelu_fwd(out, pre, rows * n);
+    }
     /// `dbias += sum_r dout[r, :]` (`dout`: `[rows, n]`).
     fn bias_grad(&self, dbias: &mut Self::Buf, dout: &Self::Buf, rows: usize, n: usize);
     /// Grouped (per-expert) matmul over expert-contiguous row segments:

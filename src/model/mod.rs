@@ -103,6 +103,7 @@ impl<B: Backend> Model<B> {
     /// A freshly initialized model (DESIGN.md §2 "Initialization").
     pub fn new(be: &B, cfg: &Config) -> Result<Model<B>> {
         cfg.validate()?;
+        be.supports(cfg)?;
         let table = ParamTable::new(cfg);
         let mut params = Vec::with_capacity(table.specs.len());
         let mut grads = Vec::with_capacity(table.specs.len());
@@ -125,6 +126,13 @@ impl<B: Backend> Model<B> {
     fn ensure_acts(&mut self, be: &B, b: usize, t: usize) -> Result<()> {
         if self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
             return Ok(());
+        }
+        if t == 0 || t > self.cfg.model.max_seq_len {
+            return Err(crate::Error::Config(format!(
+                "sequence length {t} is outside 1..={} (model.max_seq_len): shorten the sequence or train a \
+                 model with a larger max_seq_len",
+                self.cfg.model.max_seq_len
+            )));
         }
         self.acts = None;
         self.acts = Some(Acts::new(be, &self.cfg, &self.table, b, t)?);
@@ -159,6 +167,7 @@ impl<B: Backend> Model<B> {
         if let Pass::Train { loss_weight, .. } = pass {
             self.backward(be, b, t, loss_weight, pass);
         }
+        be.check()?;
         Ok(stats)
     }
 
@@ -166,7 +175,9 @@ impl<B: Backend> Model<B> {
     /// function of the parameters, for evaluation and gradient checks.
     pub fn forward_only(&mut self, be: &B, x: &[i32], y: &[i32], b: usize, t: usize, pass: Pass) -> Result<MicroStats> {
         self.ensure_acts(be, b, t)?;
-        Ok(self.forward(be, x, y, b, t, pass))
+        let stats = self.forward(be, x, y, b, t, pass);
+        be.check()?;
+        Ok(stats)
     }
 
     /// Routing of MoE block `layer` in the last step: `(expert, row, gate)`,
@@ -220,8 +231,7 @@ impl<B: Backend> Model<B> {
             match (&bi.ffn, &mut ba.ffn) {
                 (FfnIdx::Dense { fc_w, fc_b, proj_w, proj_b }, FfnActs::Dense { pre, act }) => {
                     be.matmul(pre, &ba.ln2, &p[*fc_w], n, d, f, false, false, false);
-                    be.add_bias(pre, &p[*fc_b], n, f);
-                    be.gelu_fwd(act, pre, n * f);
+                    be.bias_gelu_fwd(pre, act, &p[*fc_b], n, f);
                     be.matmul(&mut a.scratch_d, act, &p[*proj_w], n, f, d, false, false, false);
                     be.add_bias(&mut a.scratch_d, &p[*proj_b], n, d);
                 }

@@ -1,0 +1,260 @@
+/*
+ * Activation family: bias add, bias + GELU (fused), GELU forward/backward,
+ * and the deterministic column sums that give bias gradients.
+ *
+ * GELU is the tanh approximation (PyTorch gelu(x, approximate='tanh')):
+ *   gelu(x)  = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+ *   gelu'(x) = 0.5 (1 + tanh u) + 0.5 x sech^2(u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+ *
+ * Kernels, shapes, accumulation:
+ *   activation_bias_fwd       out[r, c] += bias[c]                     out: [rows, cols] (+=)
+ *   activation_bias_gelu_fwd  pre[r, c] += bias[c] (+=, kept for the backward);
+ *                             out[r, c] = gelu(pre[r, c]) (=)          pre, out: [rows, cols]
+ *   activation_gelu_fwd       out[i] = gelu(x[i])                      [n] (=)
+ *   activation_gelu_bwd       out[i] = dout[i] * gelu'(x[i])           [n] (=)
+ *   activation_colsum_partial partial[blk, c] = sum of src[r, c], r over chunk blk in
+ *                             order (=)                                partial: [nblk, cols]
+ *   activation_colsum_finish  dst[c] += partial[0, c]; dst[c] += partial[1, c]; ...
+ *                             (sequentially into dst, blk in order)    dst: [cols] (+=)
+ *   with nblk = ceil(rows / chunk_rows).
+ *
+ * Precision: fp32 throughout. The GELU is evaluated with exactly the
+ * operations of the CPU reference (src/backend/cpu/activation.rs), including
+ * its branch-free exp/tanh (src/backend/cpu/fastmath.rs, built with FMA by
+ * .cargo/config.toml's x86-64-v3): the __f*_rn intrinsics keep nvcc from
+ * contracting a*b+c where Rust does not, so each value is the CPU's bit for
+ * bit. That matters here and not for most kernels: near u << 0 the factor
+ * 1 + tanh(u) cancels, and two independently correct tanh implementations
+ * would differ there by far more than 1e-5 relative.
+ * The column sums add in exactly the CPU's order (rows of a chunk in order
+ * from 0, then each chunk's partial into dst in chunk order), so with
+ * chunk_rows = 64 (REDUCE_CHUNK in src/backend/cpu/mod.rs) the bias gradient
+ * is the CPU's bit for bit.
+ *
+ * Vector path: bias kernels when cols % 4 == 0 and pre/out/bias are 16-byte
+ * aligned, GELU kernels when their pointers are; chosen at run time,
+ * uniformly for the grid. Elementwise results do not depend on the launch.
+ *
+ * Launch:
+ *   kernel                     grid                                        block  smem
+ *   activation_bias_fwd        clamp(ceil(rows*cols / 256), 1, 65535)      256    0
+ *   activation_bias_gelu_fwd   clamp(ceil(rows*cols / 256), 1, 65535)      256    0
+ *   activation_gelu_fwd        clamp(ceil(n / 256), 1, 65535)              256    0
+ *   activation_gelu_bwd        clamp(ceil(n / 256), 1, 65535)              256    0
+ *   activation_colsum_partial  (ceil(rows / chunk_rows), ceil(cols / 256)) 256    0
+ *   activation_colsum_finish   ceil(cols / 256)                            256    0
+ * The first four are grid-stride (any grid >= 1 is correct). The column-sum
+ * kernels loop over columns with a grid stride too, so any grid.y / grid.x
+ * for columns is correct, but colsum_partial's grid.x must be exactly
+ * ceil(rows / chunk_rows) (one block column per chunk; chunk_rows >= 1) and
+ * partial must hold ceil(rows / chunk_rows) * cols floats.
+ */
+#include "common.cuh"
+
+/* Threads per block: memory bound, any multiple of 128 saturates bandwidth;
+ * 256 gives the column sums one coalesced 1 KiB row segment per block. */
+constexpr int kBlock = 256;
+
+/* ---- GELU, operation for operation as the CPU reference ---------------- */
+
+/* f32 constants as src/backend/cpu/{activation,fastmath}.rs spell them. */
+constexpr float kS2pi = 0.7978846f; /* sqrt(2 / pi) */
+constexpr float kC3 = 0.044715f;
+constexpr float kC3x3 = 3.0f * kC3; /* folded in f32, as Rust's `3.0 * C3 * x * x` */
+constexpr float kLog2e = 1.44269504088896340736f;
+constexpr float kLn2Hi = 0.69314575f;
+constexpr float kLn2Lo = 1.4286068e-6f;
+constexpr float kMagic = 12582912.0f; /* 1.5 * 2^23: round to nearest integer by adding */
+
+/* fastmath::exp: clamp to [-87.3, 88.3] (NaN passes through), Cody-Waite
+ * reduction x = n ln2 + r, degree-7 Horner with FMA, 2^n from exponent bits. */
+static __device__ __forceinline__ float ref_exp(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.3f ? 88.3f : x;
+    const float n = __fsub_rn(__fadd_rn(__fmul_rn(x, kLog2e), kMagic), kMagic);
+    const float r = __fsub_rn(__fsub_rn(x, __fmul_rn(n, kLn2Hi)), __fmul_rn(n, kLn2Lo));
+    float q = 1.0f / 5040.0f;
+    q = __fmaf_rn(q, r, 1.0f / 720.0f);
+    q = __fmaf_rn(q, r, 1.0f / 120.0f);
+    q = __fmaf_rn(q, r, 1.0f / 24.0f);
+    q = __fmaf_rn(q, r, 1.0f / 6.0f);
+    q = __fmaf_rn(q, r, 0.5f);
+    q = __fmaf_rn(q, r, 1.0f);
+    q = __fmaf_rn(q, r, 1.0f);
+    const unsigned biased = __float_as_uint(__fadd_rn(n, 127.0f + 8388608.0f)) - 0x4B000000u;
+    return __fmul_rn(q, __uint_as_float(biased << 23));
+}
+
+/* fastmath::tanh: sign(x) (1 - t) / (1 + t), t = e^{-2|x|}. */
+static __device__ __forceinline__ float ref_tanh(float x) {
+    const float t = ref_exp(-2.0f * fabsf(x));
+    return copysignf(__fdiv_rn(__fsub_rn(1.0f, t), __fadd_rn(1.0f, t)), x);
+}
+
+/* u = S2PI * (x + ((C3 * x) * x) * x) */
+static __device__ __forceinline__ float gelu_arg(float x) {
+    return __fmul_rn(kS2pi, __fadd_rn(x, __fmul_rn(__fmul_rn(__fmul_rn(kC3, x), x), x)));
+}
+
+/* 0.5 * x * (1 + tanh(u)) */
+static __device__ __forceinline__ float gelu(float x) {
+    return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, ref_tanh(gelu_arg(x))));
+}
+
+/* 0.5 (1 + th) + 0.5 x sech2 S2PI (1 + 3 C3 x x), left to right as in Rust. */
+static __device__ __forceinline__ float gelu_grad(float x) {
+    const float th = ref_tanh(gelu_arg(x));
+    const float sech2 = __fsub_rn(1.0f, __fmul_rn(th, th));
+    const float a = __fmul_rn(0.5f, __fadd_rn(1.0f, th));
+    const float poly = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(kC3x3, x), x));
+    const float b = __fmul_rn(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, x), sech2), kS2pi), poly);
+    return __fadd_rn(a, b);
+}
+
+/* ---- vector helpers ----------------------------------------------------- */
+
+static __device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+/* W consecutive floats (W = 4: one float4 access, 16-byte aligned). */
+template <int W>
+struct Frag {
+    float v[W];
+};
+
+template <int W>
+static __device__ __forceinline__ Frag<W> load(const float* p) {
+    Frag<W> f;
+    if constexpr (W == 4) {
+        const float4 q = *reinterpret_cast<const float4*>(p);
+        f.v[0] = q.x;
+        f.v[1] = q.y;
+        f.v[2] = q.z;
+        f.v[3] = q.w;
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) f.v[k] = p[k];
+    }
+    return f;
+}
+
+template <int W>
+static __device__ __forceinline__ void store(float* p, const Frag<W>& f) {
+    if constexpr (W == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(f.v[0], f.v[1], f.v[2], f.v[3]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) p[k] = f.v[k];
+    }
+}
+
+/* ---- bias (+ GELU) -------------------------------------------------------- */
+
+/*
+ * Grid-stride over the rows*cols/W units of W columns. The column of unit i
+ * is i mod (cols/W); it is computed once and then advanced by the stride
+ * mod (cols/W), so the loop has no division. Requires cols % W == 0.
+ */
+template <int W, bool kGelu>
+static __device__ __forceinline__ void bias_rows(float* pre, float* out, const float* bias, int rows, int cols) {
+    const int cu = cols / W;
+    const long long total = (long long)rows * cu;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return; /* also covers cu == 0 before the modulo */
+    int c = (int)(i % cu);
+    const int dc = (int)(stride % cu);
+    for (; i < total; i += stride) {
+        Frag<W> x = load<W>(pre + i * W);
+        const Frag<W> b = load<W>(bias + (long long)c * W);
+#pragma unroll
+        for (int k = 0; k < W; ++k) x.v[k] += b.v[k];
+        store<W>(pre + i * W, x);
+        if constexpr (kGelu) {
+#pragma unroll
+            for (int k = 0; k < W; ++k) x.v[k] = gelu(x.v[k]);
+            store<W>(out + i * W, x);
+        }
+        c += dc;
+        if (c >= cu) c -= cu;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(kBlock) activation_bias_fwd(BiasParams p) {
+    if ((p.cols & 3) == 0 && aligned16(p.out) && aligned16(p.bias))
+        bias_rows<4, false>(p.out, nullptr, p.bias, p.rows, p.cols);
+    else
+        bias_rows<1, false>(p.out, nullptr, p.bias, p.rows, p.cols);
+}
+
+extern "C" __global__ void __launch_bounds__(kBlock) activation_bias_gelu_fwd(BiasGeluParams p) {
+    if ((p.cols & 3) == 0 && aligned16(p.pre) && aligned16(p.out) && aligned16(p.bias))
+        bias_rows<4, true>(p.pre, p.out, p.bias, p.rows, p.cols);
+    else
+        bias_rows<1, true>(p.pre, p.out, p.bias, p.rows, p.cols);
+}
+
+/* ---- GELU ------------------------------------------------------------------ */
+
+extern "C" __global__ void __launch_bounds__(kBlock) activation_gelu_fwd(GeluParams p) {
+    long long head = 0;
+    if (aligned16(p.out) && aligned16(p.x)) {
+        const long long n4 = p.n >> 2;
+        SY_FOR_EACH(i, n4) {
+            Frag<4> v = load<4>(p.x + 4 * i);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) v.v[k] = gelu(v.v[k]);
+            store<4>(p.out + 4 * i, v);
+        }
+        head = n4 << 2;
+    }
+    SY_FOR_EACH(i, p.n - head) p.out[head + i] = gelu(p.x[head + i]);
+}
+
+extern "C" __global__ void __launch_bounds__(kBlock) activation_gelu_bwd(GeluParams p) {
+    long long head = 0;
+    if (aligned16(p.out) && aligned16(p.x) && aligned16(p.dout)) {
+        const long long n4 = p.n >> 2;
+        SY_FOR_EACH(i, n4) {
+            const Frag<4> x = load<4>(p.x + 4 * i);
+            Frag<4> g = load<4>(p.dout + 4 * i);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) g.v[k] = __fmul_rn(g.v[k], gelu_grad(x.v[k]));
+            store<4>(p.out + 4 * i, g);
+        }
+        head = n4 << 2;
+    }
+    SY_FOR_EACH(i, p.n - head) p.out[head + i] = __fmul_rn(p.dout[head + i], gelu_grad(p.x[head + i]));
+}
+
+/* ---- column sums (bias gradients) ------------------------------------------ */
+
+/* One thread per column (coalesced across the block), the chunk's rows in
+ * order from 0: the CPU's `part[c] += g` loop. */
+extern "C" __global__ void __launch_bounds__(kBlock) activation_colsum_partial(ColSumParams p) {
+    const int blk = blockIdx.x;
+    const int r0 = blk * p.chunk_rows;
+    const int r1 = min(r0 + p.chunk_rows, p.rows);
+    const long long cols = p.cols;
+    for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < p.cols; c += gridDim.y * blockDim.x) {
+        const float* s = p.src + r0 * cols + c;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int r = r0; r < r1; ++r, s += cols) acc += *s;
+        p.partial[blk * cols + c] = acc;
+    }
+}
+
+/* dst[c] += partial[blk, c] one chunk at a time, as reduce_rows does. */
+extern "C" __global__ void __launch_bounds__(kBlock) activation_colsum_finish(ColSumParams p) {
+    const int nblk = (p.rows + p.chunk_rows - 1) / p.chunk_rows;
+    const long long cols = p.cols;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < p.cols; c += gridDim.x * blockDim.x) {
+        float acc = p.dst[c];
+        const float* s = p.partial + c;
+#pragma unroll 8
+        for (int b = 0; b < nblk; ++b, s += cols) acc += *s;
+        p.dst[c] = acc;
+    }
+}

@@ -1,0 +1,131 @@
+/*
+ * Shared device helpers: bf16 conversion, warp/block reductions, and the
+ * tensor-core (mma.sync / ldmatrix / cp.async) wrappers used by the
+ * matmul-class kernels.
+ *
+ * Determinism: every reduction here has a fixed shape (butterfly over the 32
+ * lanes, then over warps in index order), so for a fixed launch shape the
+ * result is the same bits on every run. No float atomics anywhere.
+ */
+#pragma once
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "params.h"
+
+#define SY_DEVICE __device__ __forceinline__
+
+/* ---- bf16 ------------------------------------------------------------- */
+
+SY_DEVICE __nv_bfloat16 sy_bf16(unsigned short bits) { return __ushort_as_bfloat16(bits); }
+SY_DEVICE unsigned short sy_bits(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+/* Round to nearest even, like the host's reference cast. */
+SY_DEVICE unsigned short sy_f32_to_bf16_bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+SY_DEVICE float sy_bf16_bits_to_f32(unsigned short bits) { return __bfloat162float(__ushort_as_bfloat16(bits)); }
+/* Two floats into one 32-bit register of packed bf16 (lo in the low half). */
+SY_DEVICE uint32_t sy_pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+/* ---- reductions ------------------------------------------------------- */
+
+SY_DEVICE float sy_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+SY_DEVICE float sy_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/*
+ * Sum over the whole block; every thread gets the result. `scratch` holds at
+ * least 32 floats of shared memory. blockDim.x must be a multiple of 32.
+ */
+SY_DEVICE float sy_block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = sy_warp_sum(v);
+    __syncthreads(); /* scratch may still be read by a previous call */
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nwarps ? scratch[lane] : 0.0f;
+    return sy_warp_sum(t);
+}
+
+SY_DEVICE float sy_block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = sy_warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nwarps ? scratch[lane] : -INFINITY;
+    return sy_warp_max(t);
+}
+
+/* ---- tensor cores (sm_80+) --------------------------------------------- */
+
+/*
+ * d = a * b + d for one m16n8k16 tile, bf16 inputs, fp32 accumulators.
+ * Fragment layout (PTX ISA, "mma.m16n8k16"): with g = lane / 4, q = lane % 4,
+ *   a[0]: (row g,   cols 2q..2q+1)     a[1]: (row g+8, cols 2q..2q+1)
+ *   a[2]: (row g,   cols 2q+8..2q+9)   a[3]: (row g+8, cols 2q+8..2q+9)
+ *   b[0]: (rows 2q..2q+1, col g)       b[1]: (rows 2q+8..2q+9, col g)
+ *   d[0..1]: (row g, cols 2q..2q+1)    d[2..3]: (row g+8, cols 2q..2q+1)
+ */
+SY_DEVICE void sy_mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+SY_DEVICE uint32_t sy_smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+/* Four 8x8 b16 matrices from shared memory; lane l supplies the row address
+ * of row (l % 8) of matrix (l / 8). */
+SY_DEVICE void sy_ldmatrix_x4(uint32_t r[4], const void* smem_row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sy_smem_addr(smem_row)));
+}
+
+/* As sy_ldmatrix_x4, each 8x8 matrix transposed on the way. */
+SY_DEVICE void sy_ldmatrix_x4_trans(uint32_t r[4], const void* smem_row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sy_smem_addr(smem_row)));
+}
+
+SY_DEVICE void sy_ldmatrix_x2(uint32_t r[2], const void* smem_row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(sy_smem_addr(smem_row)));
+}
+
+SY_DEVICE void sy_ldmatrix_x2_trans(uint32_t r[2], const void* smem_row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(sy_smem_addr(smem_row)));
+}
+
+/* 16-byte global -> shared copy, zero-filled when !valid (ragged tails). */
+SY_DEVICE void sy_cp_async_16(void* smem, const void* gmem, bool valid) {
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sy_smem_addr(smem)), "l"(gmem),
+                 "r"(src_bytes));
+}
+SY_DEVICE void sy_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+SY_DEVICE void sy_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Grid-stride loop over [0, n). */
+#define SY_FOR_EACH(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

@@ -1,0 +1,183 @@
+/*
+ * Embedding family: token + position lookup, and its backward as a
+ * deterministic, atomic-free scatter-add (rank, then one owner per token).
+ *
+ * Shapes: tokens: [N] with N = b*t (row n = batch n / t, position n % t);
+ * wte, dwte: [vocab, d]; wpe, dwpe: [max_t, d] (rows 0..t used);
+ * out, dout: [N, d]; order: [N] int scratch.
+ *
+ *   embedding_fwd:      out[n] = wte[tokens[n]] + wpe[n % t]          (=)
+ *                       (a row whose token is outside [0, vocab) is written as zeros)
+ *   embedding_bwd_rank: order[rank(n)] = n, where rank(n) counts the m with
+ *                       (tokens[m], m) < (tokens[n], n), tokens compared as unsigned:
+ *                       a permutation that groups equal tokens, positions ascending (=)
+ *   embedding_bwd_wte:  for each group of equal tokens in `order`:
+ *                       dwte[tok] += dout[n_0]; dwte[tok] += dout[n_1]; ...  (+=)
+ *                       (n_0 < n_1 < ...; groups of out-of-range tokens are skipped)
+ *   embedding_bwd_wpe:  dwpe[p] += dout[0*t + p]; dwpe[p] += dout[1*t + p]; ...  (+=)
+ *
+ * Precision: fp32. The backward adds each row into the running gradient in
+ * the same sequence as the CPU's loop over n (src/backend/cpu/embedding.rs),
+ * so dwte and dwpe are the CPU's bit for bit. Each dwte row has exactly one
+ * owning block (the one at the start of its group), so there are no races
+ * and no atomics; integer ranks make the permutation order-independent.
+ *
+ * Launch:
+ *   kernel              grid            block  smem
+ *   embedding_fwd       ceil(N / 8)     256    0     (one warp per row; 8 rows per block)
+ *   embedding_bwd_rank  ceil(N / 128)   128    0     (one thread per row; 512 B static smem)
+ *   embedding_bwd_wte   N               256    0     (one block per sorted position)
+ *   embedding_bwd_wpe   t               256    0     (one block per position)
+ * Blocks must be exactly these sizes for embedding_fwd (8 warps) and
+ * embedding_bwd_rank (its shared tile is 128 tokens); bwd_wte/bwd_wpe loop
+ * over d with a block stride, so any block that is a multiple of 32 works.
+ * Run order: bwd_rank, then bwd_wte (reads order); bwd_wpe is independent.
+ */
+#include "common.cuh"
+
+/* One warp per row: a row of d floats is one or a few coalesced warp
+ * accesses; 8 warps per block keep enough rows in flight. */
+constexpr int kRowsPerBlock = 8;
+constexpr int kBlock = 32 * kRowsPerBlock;
+/* Rank: one thread per row, 128 keys per shared tile. Smaller blocks than
+ * 256 double the number of blocks, so N = 16k rows still covers the SMs. */
+constexpr int kRankBlock = 128;
+
+static __device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+/* W consecutive floats (W = 4: one float4 access, 16-byte aligned). */
+template <int W>
+struct Frag {
+    float v[W];
+};
+
+template <int W>
+static __device__ __forceinline__ Frag<W> load(const float* p) {
+    Frag<W> f;
+    if constexpr (W == 4) {
+        const float4 q = *reinterpret_cast<const float4*>(p);
+        f.v[0] = q.x;
+        f.v[1] = q.y;
+        f.v[2] = q.z;
+        f.v[3] = q.w;
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) f.v[k] = p[k];
+    }
+    return f;
+}
+
+template <int W>
+static __device__ __forceinline__ void store(float* p, const Frag<W>& f) {
+    if constexpr (W == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(f.v[0], f.v[1], f.v[2], f.v[3]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) p[k] = f.v[k];
+    }
+}
+
+/* ---- forward ---------------------------------------------------------------- */
+
+template <int W>
+static __device__ __forceinline__ void embed_row(const EmbeddingParams& p, int n, int lane) {
+    const int d = p.d;
+    float* out = p.out + (long long)n * d;
+    const int tok = p.tokens[n];
+    if (tok < 0 || tok >= p.vocab) {
+        Frag<W> z;
+#pragma unroll
+        for (int k = 0; k < W; ++k) z.v[k] = 0.0f;
+        for (int i = lane * W; i < d; i += 32 * W) store<W>(out + i, z);
+        return;
+    }
+    const float* e = p.wte + (long long)tok * d;
+    const float* q = p.wpe + (long long)(n % p.t) * d;
+    for (int i = lane * W; i < d; i += 32 * W) {
+        Frag<W> a = load<W>(e + i);
+        const Frag<W> b = load<W>(q + i);
+#pragma unroll
+        for (int k = 0; k < W; ++k) a.v[k] += b.v[k];
+        store<W>(out + i, a);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(kBlock) embedding_fwd(EmbeddingParams p) {
+    const int n = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
+    if (n >= p.b * p.t) return;
+    const int lane = threadIdx.x & 31;
+    if ((p.d & 3) == 0 && aligned16(p.out) && aligned16(p.wte) && aligned16(p.wpe))
+        embed_row<4>(p, n, lane);
+    else
+        embed_row<1>(p, n, lane);
+}
+
+/* ---- backward ----------------------------------------------------------------- */
+
+/*
+ * rank(n) = #{m : tok[m] < tok[n] or (tok[m] == tok[n] and m < n)}, by
+ * comparing against every key in shared tiles: O(N^2) compares, about 2.7e8
+ * for N = 16k (tens of microseconds), once per step. Keys are unique, so the
+ * ranks are a permutation of 0..N-1 and every order[] slot is written once.
+ */
+extern "C" __global__ void __launch_bounds__(kRankBlock) embedding_bwd_rank(EmbeddingBwdParams p) {
+    __shared__ unsigned tile[kRankBlock];
+    const int count = p.b * p.t;
+    const int n = blockIdx.x * kRankBlock + threadIdx.x;
+    const unsigned tn = n < count ? (unsigned)p.tokens[n] : 0u;
+    int rank = 0;
+    for (int base = 0; base < count; base += kRankBlock) {
+        __syncthreads(); /* the previous tile is no longer read */
+        if (base + (int)threadIdx.x < count) tile[threadIdx.x] = (unsigned)p.tokens[base + threadIdx.x];
+        __syncthreads();
+        const int len = min(kRankBlock, count - base);
+#pragma unroll 8
+        for (int j = 0; j < len; ++j) {
+            const unsigned tm = tile[j];
+            rank += (tm < tn) | ((tm == tn) & (base + j < n));
+        }
+    }
+    if (n < count) p.order[rank] = n;
+}
+
+/*
+ * One block per sorted position i; only the block where a group of equal
+ * tokens starts does work: it adds the group's dout rows into dwte[tok],
+ * one thread per column, rows in position order.
+ */
+extern "C" __global__ void __launch_bounds__(kBlock) embedding_bwd_wte(EmbeddingBwdParams p) {
+    const int count = p.b * p.t;
+    const int i = blockIdx.x;
+    if (i >= count) return;
+    const int tok = p.tokens[p.order[i]];
+    if (i > 0 && p.tokens[p.order[i - 1]] == tok) return; /* not the group's owner */
+    if (tok < 0 || tok >= p.vocab) return;
+    int end = i + 1;
+    while (end < count && p.tokens[p.order[end]] == tok) ++end;
+    const int d = p.d;
+    float* w = p.dwte + (long long)tok * d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = w[j];
+#pragma unroll 4
+        for (int k = i; k < end; ++k) acc += p.dout[(long long)p.order[k] * d + j];
+        w[j] = acc;
+    }
+}
+
+/* One block per position, one thread per column, batches in order. */
+extern "C" __global__ void __launch_bounds__(kBlock) embedding_bwd_wpe(EmbeddingBwdParams p) {
+    const int pos = blockIdx.x;
+    if (pos >= p.t) return;
+    const int d = p.d;
+    const long long row_stride = (long long)p.t * d;
+    float* w = p.dwpe + (long long)pos * d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = w[j];
+        const float* g = p.dout + (long long)pos * d + j;
+#pragma unroll 4
+        for (int bi = 0; bi < p.b; ++bi, g += row_stride) acc += *g;
+        w[j] = acc;
+    }
+}

@@ -1,0 +1,273 @@
+/*
+ * Launch-parameter structs shared by the CUDA kernels and the Rust host code.
+ *
+ * Every kernel takes exactly one of these structs by value (STYLE.md: no
+ * positional argument lists that can drift). build.rs parses this file and
+ * generates the `#[repr(C)]` Rust mirror (`src/backend/cuda/params.rs`
+ * includes it), so this header is the single definition.
+ *
+ * The generator accepts a deliberately small C subset, and fails the build on
+ * anything else:
+ *   typedef struct { <field>; ... } Name;
+ * where a field is one of
+ *   float x;  int x;  long long x;  unsigned long long x;
+ *   T* x;  const T* x;     (any pointer: a device address, u64 in Rust)
+ * Block comments are allowed anywhere; no line comments, no nesting.
+ *
+ * bf16 tensors are passed as `unsigned short*` (their bit patterns) so this
+ * header stays plain C; kernels reinterpret them as `__nv_bfloat16`.
+ * All tensors are row-major and contiguous unless a stride says otherwise.
+ * "=" outputs are overwritten, "+=" outputs accumulate.
+ */
+#ifndef SWITCHYARD_PARAMS_H
+#define SWITCHYARD_PARAMS_H
+
+/* ---- elementwise.cu ------------------------------------------------- */
+
+/* elementwise_add: a[i] += b[i], i < n. */
+typedef struct {
+    float* a;
+    const float* b;
+    long long n;
+} AddParams;
+
+/* elementwise_cast_f32_bf16: dst[i] = bf16(src[i]) (round to nearest even). */
+typedef struct {
+    unsigned short* dst;
+    const float* src;
+    long long n;
+} CastBf16Params;
+
+/* elementwise_cast_bf16_f32: dst[i] = float(src[i]) (exact). */
+typedef struct {
+    float* dst;
+    const unsigned short* src;
+    long long n;
+} CastF32Params;
+
+/* ---- activation.cu -------------------------------------------------- */
+
+/* activation_bias_fwd: out[r, c] += bias[c] for r < rows, c < cols. */
+typedef struct {
+    float* out;
+    const float* bias;
+    int rows;
+    int cols;
+} BiasParams;
+
+/*
+ * activation_bias_gelu_fwd: pre[r, c] += bias[c]; out[r, c] = gelu_tanh(pre[r, c]).
+ * pre: [rows, cols] (+= bias, kept for the backward), out: [rows, cols] (=).
+ */
+typedef struct {
+    float* pre;
+    float* out;
+    const float* bias;
+    int rows;
+    int cols;
+} BiasGeluParams;
+
+/*
+ * activation_gelu_fwd: out[i] = gelu_tanh(x[i]) (dout unused).
+ * activation_gelu_bwd: out[i] = dout[i] * gelu_tanh'(x[i]).
+ */
+typedef struct {
+    float* out;
+    const float* x;
+    const float* dout;
+    long long n;
+} GeluParams;
+
+/*
+ * Deterministic column sums (bias gradients), two launches:
+ *   activation_colsum_partial: grid = ceil(rows / chunk_rows) blocks,
+ *     partial[blk, c] = sum of src[r, c] over the rows of chunk blk, rows in order;
+ *   activation_colsum_finish: dst[c] += sum over blk (in order) of partial[blk, c].
+ * partial: [ceil(rows / chunk_rows), cols] scratch.
+ */
+typedef struct {
+    float* dst;
+    float* partial;
+    const float* src;
+    int rows;
+    int cols;
+    int chunk_rows;
+} ColSumParams;
+
+/* ---- norm.cu -------------------------------------------------------- */
+
+/*
+ * norm_layernorm_fwd: per row r of x [rows, c]:
+ *   mean[r] = sum(x)/c, rstd[r] = 1/sqrt(sum((x-mean)^2)/c + eps),
+ *   out = (x - mean) * rstd * w + b. All fp32 (DESIGN.md §3).
+ */
+typedef struct {
+    float* out;
+    float* mean;
+    float* rstd;
+    const float* x;
+    const float* w;
+    const float* b;
+    int rows;
+    int c;
+    float eps;
+} LayerNormParams;
+
+/*
+ * LayerNorm backward, two launches (no atomics):
+ *   norm_layernorm_bwd: dx[r] += the input gradient of row r; for its chunk of
+ *     chunk_rows rows, block blk writes partial[blk, 0:c] = sum dout*xhat and
+ *     partial[blk, c:2c] = sum dout, rows in order;
+ *   norm_layernorm_bwd_finish: dw[j] += sum_blk partial[blk, j],
+ *     db[j] += sum_blk partial[blk, c + j], blk in order.
+ * partial: [ceil(rows / chunk_rows), 2c] scratch.
+ */
+typedef struct {
+    float* dx;
+    float* dw;
+    float* db;
+    float* partial;
+    const float* dout;
+    const float* x;
+    const float* w;
+    const float* mean;
+    const float* rstd;
+    int rows;
+    int c;
+    int chunk_rows;
+} LayerNormBwdParams;
+
+/* ---- embedding.cu --------------------------------------------------- */
+
+/*
+ * embedding_fwd: out[n] = wte[tokens[n]] + wpe[n % t], n < b*t.
+ * Out-of-range tokens (host-validated before upload) write zeros.
+ */
+typedef struct {
+    float* out;
+    const int* tokens;
+    const float* wte;
+    const float* wpe;
+    int b;
+    int t;
+    int d;
+    int vocab;
+} EmbeddingParams;
+
+/*
+ * Embedding backward, deterministic (no float atomics), three launches:
+ *   embedding_bwd_rank: order[rank(n)] = n, ranking the unique keys
+ *     (tokens[n], n), so rows of one token are grouped and in position order;
+ *   embedding_bwd_wte: for each group, dwte[token] += sum of its dout rows, in order;
+ *   embedding_bwd_wpe: dwpe[p] += sum over batch i (in order) of dout[i*t + p].
+ * order: [b*t] scratch.
+ */
+typedef struct {
+    float* dwte;
+    float* dwpe;
+    int* order;
+    const float* dout;
+    const int* tokens;
+    int b;
+    int t;
+    int d;
+    int vocab;
+} EmbeddingBwdParams;
+
+/* ---- loss.cu -------------------------------------------------------- */
+
+/*
+ * loss_cross_entropy: one block per row of logits [rows, v]:
+ *   losses[r] = logsumexp(logits[r]) - logits[r, targets[r]]       (=)
+ *   dlogits[r] = (softmax(logits[r]) - onehot(targets[r])) * dloss (=, if non-NULL)
+ * dlogits may alias logits (the softmax is recomputed from registers/the
+ * row statistics, never stored twice).
+ */
+typedef struct {
+    float* losses;
+    float* dlogits;
+    const float* logits;
+    const int* targets;
+    int rows;
+    int v;
+    float dloss;
+} CrossEntropyParams;
+
+/* ---- optim.cu ------------------------------------------------------- */
+
+/*
+ * Global gradient norm, deterministic, two launches:
+ *   optim_sum_squares_partial: block blk writes partial[blk] = sum of g[i]^2
+ *     over its chunk of `chunk` elements (fixed tree order);
+ *   optim_sum_squares_finish: acc[0] += sum over blk (in order) of partial[blk].
+ * partial: [ceil(n / chunk)] scratch.
+ */
+typedef struct {
+    float* acc;
+    float* partial;
+    const float* g;
+    long long n;
+    int chunk;
+} SumSquaresParams;
+
+/*
+ * optim_adamw: one AdamW step with global-norm clipping, fp32 master weights:
+ *   s = max_norm > 0 ? min(1, max_norm / sqrt(norm_sq[0])) : 1   (read on device)
+ *   g = grad * s; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2
+ *   param -= lr * (m / bias_corr1 / (sqrt(v / bias_corr2) + eps) + weight_decay * param)
+ *   param_bf16 = bf16(param) when non-NULL (the copy matmuls read).
+ * bias_corr1 = 1 - b1^t, bias_corr2 = 1 - b2^t, computed on the host in f32
+ * exactly as the CPU reference does.
+ */
+typedef struct {
+    float* param;
+    unsigned short* param_bf16;
+    float* m;
+    float* v;
+    const float* grad;
+    const float* norm_sq;
+    long long n;
+    float lr;
+    float beta1;
+    float beta2;
+    float eps;
+    float weight_decay;
+    float bias_corr1;
+    float bias_corr2;
+    float max_norm;
+} AdamWParams;
+
+/* ---- attention.cu --------------------------------------------------- */
+
+/*
+ * Fused (flash) attention over packed qkv, one struct for the family.
+ * qkv: bf16 [b*t, 3*h*hd] (q | k | v, head-major within each third);
+ * dout: bf16 [b*t, h*hd]; out, out_f32/dout_f32: fp32 [b*t, h*hd];
+ * lse, delta: fp32 [b, h, t]; dqkv: fp32 [b*t, 3*h*hd].
+ * Scores are scale * q.k (scale = 1/sqrt(hd)); causal masks key > query.
+ *
+ *   attention_fwd_hd{32,64,128}: out (=), lse (=, natural log).
+ *   attention_bwd_delta: delta[b,h,i] = sum_c dout_f32 * out_f32 over row i of head h.
+ *   attention_bwd_dkdv_hd{..}: dk, dv slices of dqkv (=), recomputing P from lse.
+ *   attention_bwd_dq_hd{..}: dq slice of dqkv (=), recomputing P and dS.
+ * Splitting dK/dV from dQ keeps the backward free of atomics, so it is
+ * deterministic (the price is computing P and dP twice).
+ */
+typedef struct {
+    const unsigned short* qkv;
+    const unsigned short* dout;
+    const float* out_f32;
+    const float* dout_f32;
+    float* out;
+    float* lse;
+    float* delta;
+    float* dqkv;
+    int b;
+    int t;
+    int h;
+    int hd;
+    int causal;
+    float scale;
+} AttentionParams;
+
+#endif

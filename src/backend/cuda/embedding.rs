@@ -1,0 +1,63 @@
+//! Launchers for `kernels/embedding.cu`: token + position embedding forward
+//! and the deterministic (sort-free ranking, single-owner) backward.
+
+use super::kernels::{EMBEDDING_BWD_RANK, EMBEDDING_BWD_WPE, EMBEDDING_BWD_WTE, EMBEDDING_FWD};
+use super::params::{EmbeddingBwdParams, EmbeddingParams};
+use super::{grid_1d, Cuda, CudaBuf, CudaIBuf};
+
+/// Threads per block.
+const BLOCK: u32 = 256;
+
+/// `out[n] = wte[tokens[n]] + wpe[n % t]`.
+pub(super) fn fwd(
+    cu: &Cuda,
+    out: &mut CudaBuf,
+    tokens: &CudaIBuf,
+    wte: &CudaBuf,
+    wpe: &CudaBuf,
+    (b, t, d): (usize, usize, usize),
+) {
+    let n = b * t;
+    assert!(out.len() >= n * d && tokens.len() >= n && wpe.len() >= t * d, "embedding_fwd: shapes");
+    let p = EmbeddingParams {
+        out: cu.out(out),
+        tokens: cu.ptr(&tokens.data),
+        wte: cu.ptr(&wte.data),
+        wpe: cu.ptr(&wpe.data),
+        b: b as i32,
+        t: t as i32,
+        d: d as i32,
+        vocab: (wte.len() / d.max(1)) as i32,
+    };
+    cu.launch(EMBEDDING_FWD, (n as u32, 1, 1), BLOCK, 0, p);
+}
+
+/// `dwte[tokens[n]] += dout[n]`, `dwpe[t] += dout[b*T + t]`.
+pub(super) fn bwd(
+    cu: &Cuda,
+    dwte: &mut CudaBuf,
+    dwpe: &mut CudaBuf,
+    dout: &CudaBuf,
+    tokens: &CudaIBuf,
+    (b, t, d): (usize, usize, usize),
+) {
+    let n = b * t;
+    assert!(dout.len() >= n * d && tokens.len() >= n && dwpe.len() >= t * d, "embedding_bwd: shapes");
+    if n == 0 {
+        return;
+    }
+    let p = EmbeddingBwdParams {
+        dwte: cu.out(dwte),
+        dwpe: cu.out(dwpe),
+        order: cu.scratch_i32("embedding.order", n),
+        dout: cu.ptr(&dout.data),
+        tokens: cu.ptr(&tokens.data),
+        b: b as i32,
+        t: t as i32,
+        d: d as i32,
+        vocab: (dwte.len() / d.max(1)) as i32,
+    };
+    cu.launch(EMBEDDING_BWD_RANK, (grid_1d(n, BLOCK), 1, 1), BLOCK, 0, p);
+    cu.launch(EMBEDDING_BWD_WTE, (n as u32, 1, 1), BLOCK, 0, p);
+    cu.launch(EMBEDDING_BWD_WPE, (grid_1d(t * d, BLOCK), 1, 1), BLOCK, 0, p);
+}

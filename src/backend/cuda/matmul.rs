@@ -1,0 +1,73 @@
+//! Dense matmuls through cuBLAS: bf16 operands, fp32 accumulate and output
+//! (`cublasGemmEx`, `CUBLAS_COMPUTE_32F`). The CPU reference is
+//! `src/backend/cpu/matmul.rs`.
+//!
+//! Row-major `C[m, n] = op(A) op(B)` is computed as the column-major product
+//! `C^T = op(B)^T op(A)^T`, so no transposes are materialized. cuBLAS GEMMs
+//! are bitwise reproducible run to run on one GPU model and toolkit (cuBLAS
+//! documentation, "Results reproducibility"): one stream, no split-K atomics.
+
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+
+use super::{Cuda, CudaBuf};
+
+/// `c (=|+=) op(a) @ op(b)`, shapes as [`crate::backend::Backend::matmul`].
+pub(super) fn matmul(
+    cu: &Cuda,
+    c: &mut CudaBuf,
+    a: &CudaBuf,
+    b: &CudaBuf,
+    (m, k, n): (usize, usize, usize),
+    (ta, tb): (bool, bool),
+    accumulate: bool,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul: buffer smaller than its shape");
+    if cu.failed() || m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            let p = cu.out(c);
+            super::elementwise::fill_zero(cu, p, m * n);
+        }
+        return;
+    }
+    if [m, k, n].iter().any(|&x| x > i32::MAX as usize) {
+        return cu.refuse("matmul", format!("dimension over 2^31 ({m} x {k} x {n})"));
+    }
+    let a16 = cu.bf16_of(a, "matmul.a");
+    let b16 = cu.bf16_of(b, "matmul.b");
+    let c32 = cu.out(c);
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    let alpha = 1.0f32;
+    let beta = if accumulate { 1.0f32 } else { 0.0 };
+    let (lda_b, lda_a) = (if tb { k } else { n }, if ta { m } else { k });
+    // SAFETY: the pointers address live buffers holding at least the extents
+    // checked above; alpha and beta are host f32 as COMPUTE_32F requires.
+    let r = unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *cu.blas.handle(),
+            op(tb),
+            op(ta),
+            n as i32,
+            m as i32,
+            k as i32,
+            (&alpha as *const f32).cast(),
+            b16 as *const std::ffi::c_void,
+            cudaDataType::CUDA_R_16BF,
+            lda_b as i32,
+            a16 as *const std::ffi::c_void,
+            cudaDataType::CUDA_R_16BF,
+            lda_a as i32,
+            (&beta as *const f32).cast(),
+            c32 as *mut std::ffi::c_void,
+            cudaDataType::CUDA_R_32F,
+            n as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+    if let Err(e) = r {
+        cu.fail(format!("cublasGemmEx ({m} x {k} x {n}, ta={ta}, tb={tb}): {e}"));
+    }
+}

@@ -1,0 +1,795 @@
+//! The CUDA backend: the model's op set on an NVIDIA GPU through the
+//! hand-written kernels of `kernels/` (embedded as fatbins by build.rs) and
+//! cuBLAS for dense matmuls.
+//!
+//! Precision (DESIGN.md §3): every [`CudaBuf`] holds fp32 values (master
+//! weights, optimizer state, gradients, LayerNorm/softmax statistics, losses).
+//! Matmuls and attention read bf16: the launchers round their operands to
+//! bf16 on the way in (a cast kernel into scratch), except parameters, whose
+//! bf16 copy the fused AdamW kernel writes as it updates the fp32 master.
+//! Accumulation is fp32 throughout.
+//!
+//! Errors: CUDA reports failures asynchronously, so the backend keeps the
+//! first one ("sticky", like the driver itself), turns later ops into no-ops,
+//! and returns it from [`Backend::check`], which the model calls after every
+//! micro-batch. Debug builds synchronize after every launch so the error names
+//! the kernel that failed.
+//!
+//! One launcher file per kernel family, with the family's name:
+//! `kernels/norm.cu` <-> `norm.rs`, and so on.
+
+mod activation;
+mod attention;
+mod elementwise;
+mod embedding;
+pub mod kernels;
+mod loss;
+mod matmul;
+mod norm;
+mod optim;
+pub mod params;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+use super::{AdamW, Backend, RouterParams};
+use crate::config::Config;
+use crate::{Error, Result};
+pub use attention::{Shape as AttentionShape, HEAD_DIMS};
+pub use kernels::Kernel;
+
+/// Why the CUDA backend cannot start, each with its fix.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Unavailable {
+    /// No `libcuda.so` could be loaded.
+    NoDriver,
+    /// The driver loaded but reports no device (or not the one asked for).
+    NoDevice {
+        /// Ordinal requested.
+        ordinal: usize,
+        /// Devices the driver reports.
+        count: usize,
+    },
+    /// This binary was built without nvcc, so it carries no kernels.
+    NoKernels,
+    /// The driver loaded but cuBLAS (`libcublas.so.13`) did not.
+    NoCublas,
+    /// Driver initialisation or context creation failed.
+    Init(String),
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unavailable::NoDriver => write!(
+                f,
+                "no CUDA driver: libcuda.so could not be loaded; install the NVIDIA driver (580+ for CUDA 13) \
+                 or use --device cpu"
+            ),
+            Unavailable::NoDevice { ordinal, count: 0 } => write!(
+                f,
+                "no CUDA device: the driver reports no GPU (asked for cuda:{ordinal}); check nvidia-smi and \
+                 CUDA_VISIBLE_DEVICES, or use --device cpu"
+            ),
+            Unavailable::NoDevice { ordinal, count } => write!(
+                f,
+                "no CUDA device {ordinal}: the driver reports {count} GPU(s) (cuda:0..cuda:{}); pick one of those",
+                count - 1
+            ),
+            Unavailable::NoKernels => write!(
+                f,
+                "no embedded CUDA kernels: this binary was built without nvcc; run scripts/cuda-toolchain.sh \
+                 (or set NVCC / CUDA_HOME) and rebuild"
+            ),
+            Unavailable::NoCublas => write!(
+                f,
+                "no cuBLAS: libcublas.so.13 could not be loaded; add the CUDA 13 library folder (or the \
+                 nvidia-cublas wheel's nvidia/cu13/lib) to LD_LIBRARY_PATH"
+            ),
+            Unavailable::Init(e) => write!(f, "CUDA initialisation failed: {e}"),
+        }
+    }
+}
+
+/// Whether the CUDA backend can run here: driver, device 0 and embedded kernels.
+pub fn cuda_available() -> bool {
+    probe(0).is_ok()
+}
+
+/// Check the three preconditions of [`Cuda::new`] in order (driver, device,
+/// kernels, cuBLAS) without creating a context.
+pub fn probe(ordinal: usize) -> std::result::Result<(), Unavailable> {
+    // SAFETY: only tries to dlopen libcuda; device_count() would panic without it.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Unavailable::NoDriver);
+    }
+    let count = CudaContext::device_count().map_err(|e| Unavailable::Init(e.to_string()))?.max(0) as usize;
+    if ordinal >= count {
+        return Err(Unavailable::NoDevice { ordinal, count });
+    }
+    if kernels::FATBINS.is_empty() {
+        return Err(Unavailable::NoKernels);
+    }
+    // SAFETY: only tries to dlopen libcublas.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err(Unavailable::NoCublas);
+    }
+    Ok(())
+}
+
+/// Whether the CUDA kernels can run `cfg`: dense layers only until the MoE
+/// kernels land (issue 4), and a head dimension with an attention kernel.
+/// Needs no GPU, so configs are refused before any device work.
+pub fn check_config(cfg: &Config) -> Result<()> {
+    let m = &cfg.model;
+    if m.moe_every > 0 {
+        return Err(Error::Config(format!(
+            "model.moe_every = {}: MoE layers are not on CUDA yet (router, dispatch/combine and grouped expert \
+             GEMM kernels are issue 4); set model.moe_every = 0 for a dense model, or use --device cpu",
+            m.moe_every
+        )));
+    }
+    let hd = m.d_model / m.n_head.max(1);
+    if !attention::HEAD_DIMS.contains(&hd) {
+        return Err(Error::Config(format!(
+            "head_dim = model.d_model / model.n_head = {} / {} = {hd}: the CUDA attention kernels support head_dim \
+             {:?}; change model.n_head or model.d_model, or use --device cpu",
+            m.d_model,
+            m.n_head,
+            attention::HEAD_DIMS
+        )));
+    }
+    Ok(())
+}
+
+/// An fp32 device buffer, with the bf16 copy of its values when it is a
+/// parameter the optimizer has updated (`half_valid`).
+/// (The allocation holds at least one element: CUDA refuses empty ones.)
+pub struct CudaBuf {
+    data: CudaSlice<f32>,
+    len: usize,
+    half: Option<CudaSlice<u16>>,
+    half_valid: bool,
+}
+
+impl CudaBuf {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the buffer has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// An i32 device buffer (at least one element allocated, like [`CudaBuf`]).
+pub struct CudaIBuf {
+    data: CudaSlice<i32>,
+    len: usize,
+}
+
+impl CudaIBuf {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the buffer has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Grow-only scratch buffers, reused across launches (stream order makes
+/// reuse safe: one stream, launches in program order).
+#[derive(Default)]
+struct Scratch {
+    f32s: HashMap<&'static str, CudaSlice<f32>>,
+    u16s: HashMap<&'static str, CudaSlice<u16>>,
+    i32s: HashMap<&'static str, CudaSlice<i32>>,
+}
+
+/// The CUDA backend on one device and one stream.
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: cudarc::cublas::CudaBlas,
+    modules: RefCell<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: RefCell<HashMap<&'static str, CudaFunction>>,
+    scratch: RefCell<Scratch>,
+    error: RefCell<Option<String>>,
+    label: String,
+    sync_every_launch: bool,
+}
+
+impl Cuda {
+    /// Open device `ordinal`: checks driver, device, kernels and cuBLAS first
+    /// (see [`probe`]), so a missing piece is a clear error, never a panic.
+    pub fn new(ordinal: usize) -> Result<Cuda> {
+        probe(ordinal).map_err(|e| Error::Backend(e.to_string()))?;
+        let init = |e: &dyn fmt::Display| Error::Backend(format!("CUDA initialisation failed on cuda:{ordinal}: {e}"));
+        let ctx = CudaContext::new(ordinal).map_err(|e| init(&e))?;
+        // One stream and no cross-stream sharing: event tracking would only add work.
+        // SAFETY: every buffer is created and used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| init(&e))?;
+        let name = ctx.name().map_err(|e| init(&e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| init(&e))?;
+        if major < 8 {
+            return Err(Error::Backend(format!(
+                "cuda:{ordinal} is {name} (sm_{major}{minor}); the kernels need sm_80 or newer (bf16 tensor cores)"
+            )));
+        }
+        let label = format!("cuda:{ordinal} ({name}, sm_{major}{minor})");
+        let sync_every_launch = cfg!(debug_assertions) || std::env::var_os("SWITCHYARD_CUDA_SYNC").is_some();
+        Ok(Cuda {
+            ctx,
+            stream,
+            blas,
+            modules: RefCell::default(),
+            functions: RefCell::default(),
+            scratch: RefCell::default(),
+            error: RefCell::new(None),
+            label,
+            sync_every_launch,
+        })
+    }
+
+    /// The stream every op runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Wait for all queued work; returns the first error seen.
+    pub fn synchronize(&self) -> Result<()> {
+        if let Err(e) = self.stream.synchronize() {
+            self.fail(format!("stream synchronize: {e}"));
+        }
+        self.check_error()
+    }
+
+    fn check_error(&self) -> Result<()> {
+        match &*self.error.borrow() {
+            Some(e) => Err(Error::Backend(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Record the first failure; later ops become no-ops until it is reported.
+    fn fail(&self, msg: String) {
+        let mut e = self.error.borrow_mut();
+        if e.is_none() {
+            *e = Some(msg);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.error.borrow().is_some()
+    }
+
+    /// Refuse an op whose shapes the kernels do not support (a programming
+    /// error upstream: [`Backend::supports`] refuses such configs first).
+    fn refuse(&self, op: &str, why: String) {
+        self.fail(format!("{op}: {why}"));
+    }
+
+    fn function(&self, k: Kernel) -> std::result::Result<CudaFunction, String> {
+        if let Some(f) = self.functions.borrow().get(k.name) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut modules = self.modules.borrow_mut();
+            match modules.get(k.family) {
+                Some(m) => m.clone(),
+                None => {
+                    let image = kernels::fatbin(k.family)
+                        .ok_or_else(|| format!("kernel family {} is not embedded in this binary", k.family))?;
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
+                        .map_err(|e| format!("loading kernels/{}.cu: {e}", k.family))?;
+                    modules.insert(k.family, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(k.name).map_err(|e| format!("kernel {}: {e}", k.name))?;
+        self.functions.borrow_mut().insert(k.name, f.clone());
+        Ok(f)
+    }
+
+    /// Launch `k` with its parameter struct. Shared memory above the 48 KiB
+    /// default is opted into once per kernel.
+    fn launch<P: DeviceRepr>(&self, k: Kernel, grid: (u32, u32, u32), block: u32, smem: u32, p: P) {
+        if self.failed() || grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return;
+        }
+        let f = match self.function(k) {
+            Ok(f) => f,
+            Err(e) => return self.fail(e),
+        };
+        if smem > 48 * 1024 {
+            use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            if let Err(e) = f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32) {
+                return self.fail(format!("{}: shared memory {smem} B: {e}", k.name));
+            }
+        }
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p);
+        // SAFETY: `P` mirrors the kernel's parameter struct (generated from
+        // kernels/params.h) and every address in it points at a live buffer of
+        // the size the kernel's contract documents; the launchers check sizes.
+        if let Err(e) = unsafe { b.launch(cfg) } {
+            return self.fail(format!("launching {}: {e}", k.name));
+        }
+        if self.sync_every_launch {
+            if let Err(e) = self.stream.synchronize() {
+                self.fail(format!("{} failed: {e}", k.name));
+            }
+        }
+    }
+
+    /// Device address of a buffer (the buffer must outlive the launch: all
+    /// are owned by the model or the backend's scratch).
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
+    }
+
+    /// A scratch f32 buffer of at least `n` elements, by role.
+    fn scratch_f32(&self, role: &'static str, n: usize) -> u64 {
+        let mut s = self.scratch.borrow_mut();
+        let grow = s.f32s.get(role).is_none_or(|b| b.len() < n);
+        if grow {
+            match self.stream.alloc_zeros::<f32>(n.max(1)) {
+                Ok(b) => {
+                    s.f32s.insert(role, b);
+                }
+                Err(e) => {
+                    self.fail(oom(&self.ctx, role, n * 4, &e));
+                    return 0;
+                }
+            }
+        }
+        self.ptr(&s.f32s[role])
+    }
+
+    fn scratch_u16(&self, role: &'static str, n: usize) -> u64 {
+        let mut s = self.scratch.borrow_mut();
+        if s.u16s.get(role).is_none_or(|b| b.len() < n) {
+            match self.stream.alloc_zeros::<u16>(n.max(1)) {
+                Ok(b) => {
+                    s.u16s.insert(role, b);
+                }
+                Err(e) => {
+                    self.fail(oom(&self.ctx, role, n * 2, &e));
+                    return 0;
+                }
+            }
+        }
+        self.ptr(&s.u16s[role])
+    }
+
+    fn scratch_i32(&self, role: &'static str, n: usize) -> u64 {
+        let mut s = self.scratch.borrow_mut();
+        if s.i32s.get(role).is_none_or(|b| b.len() < n) {
+            match self.stream.alloc_zeros::<i32>(n.max(1)) {
+                Ok(b) => {
+                    s.i32s.insert(role, b);
+                }
+                Err(e) => {
+                    self.fail(oom(&self.ctx, role, n * 4, &e));
+                    return 0;
+                }
+            }
+        }
+        self.ptr(&s.i32s[role])
+    }
+
+    /// bf16 view of `x` for a matmul or attention operand: its optimizer-kept
+    /// copy when valid, else a fresh cast into the scratch slot `role`.
+    fn bf16_of(&self, x: &CudaBuf, role: &'static str) -> u64 {
+        if x.half_valid {
+            if let Some(h) = &x.half {
+                return self.ptr(h);
+            }
+        }
+        let dst = self.scratch_u16(role, x.len());
+        elementwise::cast_to_bf16(self, dst, self.ptr(&x.data), x.len());
+        dst
+    }
+
+    /// Mutable access to an output buffer's address; invalidates its bf16 copy.
+    fn out(&self, x: &mut CudaBuf) -> u64 {
+        x.half_valid = false;
+        self.ptr(&x.data)
+    }
+
+    /// The bf16 copy of a parameter that the last AdamW step wrote (bit
+    /// patterns), or `None` if it is missing or stale.
+    pub fn bf16_copy(&self, x: &CudaBuf) -> Option<Vec<u16>> {
+        let h = x.half.as_ref().filter(|_| x.half_valid)?;
+        self.stream.clone_dtoh(&h.slice(..x.len())).ok()
+    }
+
+    fn not_yet(&self, op: &str) {
+        self.fail(format!("{op} is not on CUDA yet (the MoE kernels are issue 4); run MoE configs with --device cpu"));
+    }
+}
+
+/// The out-of-memory message: what was being allocated, its size, and what is free.
+fn oom(ctx: &CudaContext, what: &str, bytes: usize, e: &dyn fmt::Display) -> String {
+    let free = ctx.mem_get_info().map(|(f, t)| format!("{} free of {}", mib(f), mib(t))).unwrap_or_default();
+    format!(
+        "GPU allocation of {what} ({}) failed: {e}; {free}. Reduce train.batch_size or model.max_seq_len so it fits",
+        mib(bytes)
+    )
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Blocks for a grid-stride elementwise kernel over `n` elements.
+fn grid_1d(n: usize, block: u32) -> u32 {
+    n.div_ceil(block as usize).clamp(1, 65_535) as u32
+}
+
+impl Backend for Cuda {
+    type Buf = CudaBuf;
+    type IBuf = CudaIBuf;
+
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
+    fn check(&self) -> Result<()> {
+        self.synchronize()
+    }
+
+    fn supports(&self, cfg: &Config) -> Result<()> {
+        check_config(cfg)
+    }
+
+    fn alloc(&self, n: usize, what: &str) -> Result<CudaBuf> {
+        let data =
+            self.stream.alloc_zeros::<f32>(n.max(1)).map_err(|e| Error::Backend(oom(&self.ctx, what, n * 4, &e)))?;
+        Ok(CudaBuf { data, len: n, half: None, half_valid: false })
+    }
+
+    fn alloc_i(&self, n: usize, what: &str) -> Result<CudaIBuf> {
+        let data =
+            self.stream.alloc_zeros::<i32>(n.max(1)).map_err(|e| Error::Backend(oom(&self.ctx, what, n * 4, &e)))?;
+        Ok(CudaIBuf { data, len: n })
+    }
+
+    fn upload(&self, dst: &mut CudaBuf, src: &[f32]) {
+        assert_eq!(dst.len(), src.len(), "upload: length mismatch");
+        dst.half_valid = false;
+        if src.is_empty() || self.failed() {
+            return;
+        }
+        if let Err(e) = self.stream.memcpy_htod(src, &mut dst.data.slice_mut(..src.len())) {
+            self.fail(format!("upload: {e}"));
+        }
+    }
+
+    fn upload_i(&self, dst: &mut CudaIBuf, src: &[i32]) {
+        assert_eq!(dst.len(), src.len(), "upload_i: length mismatch");
+        if src.is_empty() || self.failed() {
+            return;
+        }
+        if let Err(e) = self.stream.memcpy_htod(src, &mut dst.data.slice_mut(..src.len())) {
+            self.fail(format!("upload: {e}"));
+        }
+    }
+
+    fn download(&self, src: &CudaBuf) -> Vec<f32> {
+        if src.is_empty() {
+            return Vec::new();
+        }
+        if !self.failed() {
+            match self.stream.clone_dtoh(&src.data.slice(..src.len())) {
+                Ok(v) => return v,
+                Err(e) => self.fail(format!("download: {e}")),
+            }
+        }
+        vec![f32::NAN; src.len()]
+    }
+
+    fn download_i(&self, src: &CudaIBuf) -> Vec<i32> {
+        if src.is_empty() {
+            return Vec::new();
+        }
+        if !self.failed() {
+            match self.stream.clone_dtoh(&src.data.slice(..src.len())) {
+                Ok(v) => return v,
+                Err(e) => self.fail(format!("download: {e}")),
+            }
+        }
+        vec![-1; src.len()]
+    }
+
+    fn zero(&self, buf: &mut CudaBuf) {
+        buf.half_valid = false;
+        if let Err(e) = self.stream.memset_zeros(&mut buf.data) {
+            self.fail(format!("zero: {e}"));
+        }
+    }
+
+    fn matmul(
+        &self,
+        c: &mut CudaBuf,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+    ) {
+        matmul::matmul(self, c, a, b, (m, k, n), (ta, tb), accumulate);
+    }
+
+    fn add_bias(&self, out: &mut CudaBuf, bias: &CudaBuf, rows: usize, n: usize) {
+        activation::bias_fwd(self, out, bias, rows, n);
+    }
+
+    fn bias_grad(&self, dbias: &mut CudaBuf, dout: &CudaBuf, rows: usize, n: usize) {
+        activation::bias_grad(self, dbias, dout, rows, n);
+    }
+
+    fn bias_gelu_fwd(&self, pre: &mut CudaBuf, out: &mut CudaBuf, bias: &CudaBuf, rows: usize, n: usize) {
+        activation::bias_gelu_fwd(self, pre, out, bias, rows, n);
+    }
+
+    fn grouped_matmul(
+        &self,
+        _out: &mut CudaBuf,
+        _x: &CudaBuf,
+        _w: &CudaBuf,
+        _b: &CudaBuf,
+        _offsets: &CudaIBuf,
+        _e: usize,
+        _k: usize,
+        _n: usize,
+    ) {
+        self.not_yet("grouped_matmul");
+    }
+
+    fn grouped_matmul_bwd(
+        &self,
+        _dx: &mut CudaBuf,
+        _dw: &mut CudaBuf,
+        _db: &mut CudaBuf,
+        _dy: &CudaBuf,
+        _x: &CudaBuf,
+        _w: &CudaBuf,
+        _offsets: &CudaIBuf,
+        _e: usize,
+        _k: usize,
+        _n: usize,
+    ) {
+        self.not_yet("grouped_matmul_bwd");
+    }
+
+    fn add_inplace(&self, a: &mut CudaBuf, b: &CudaBuf) {
+        elementwise::add(self, a, b);
+    }
+
+    fn copy(&self, dst: &mut CudaBuf, src: &CudaBuf) {
+        assert_eq!(dst.len(), src.len(), "copy: length mismatch");
+        dst.half_valid = false;
+        if src.is_empty() || self.failed() {
+            return;
+        }
+        if let Err(e) = self.stream.memcpy_dtod(&src.data.slice(..src.len()), &mut dst.data.slice_mut(..src.len())) {
+            self.fail(format!("copy: {e}"));
+        }
+    }
+
+    fn gelu_fwd(&self, out: &mut CudaBuf, x: &CudaBuf, len: usize) {
+        activation::gelu_fwd(self, out, x, len);
+    }
+
+    fn gelu_bwd(&self, dx: &mut CudaBuf, dout: &CudaBuf, x: &CudaBuf, len: usize) {
+        activation::gelu_bwd(self, dx, dout, x, len);
+    }
+
+    fn layernorm_fwd(
+        &self,
+        out: &mut CudaBuf,
+        mean: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        b: &CudaBuf,
+        rows: usize,
+        c: usize,
+    ) {
+        norm::layernorm_fwd(self, [out, mean, rstd], [x, w, b], rows, c);
+    }
+
+    fn layernorm_bwd(
+        &self,
+        dx: &mut CudaBuf,
+        dw: &mut CudaBuf,
+        db: &mut CudaBuf,
+        dout: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        mean: &CudaBuf,
+        rstd: &CudaBuf,
+        rows: usize,
+        c: usize,
+    ) {
+        norm::layernorm_bwd(self, [dx, dw, db], [dout, x, w, mean, rstd], rows, c);
+    }
+
+    fn embedding_fwd(
+        &self,
+        out: &mut CudaBuf,
+        tokens: &CudaIBuf,
+        wte: &CudaBuf,
+        wpe: &CudaBuf,
+        b: usize,
+        t: usize,
+        d: usize,
+    ) {
+        embedding::fwd(self, out, tokens, wte, wpe, (b, t, d));
+    }
+
+    fn embedding_bwd(
+        &self,
+        dwte: &mut CudaBuf,
+        dwpe: &mut CudaBuf,
+        dout: &CudaBuf,
+        tokens: &CudaIBuf,
+        b: usize,
+        t: usize,
+        d: usize,
+    ) {
+        embedding::bwd(self, dwte, dwpe, dout, tokens, (b, t, d));
+    }
+
+    fn attention_fwd(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        qkv: &CudaBuf,
+        b: usize,
+        t: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        attention::fwd(self, out, lse, qkv, attention::Shape { b, t, h, hd, causal: true });
+    }
+
+    fn attention_bwd(
+        &self,
+        dqkv: &mut CudaBuf,
+        dout: &CudaBuf,
+        qkv: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        b: usize,
+        t: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        attention::bwd(self, dqkv, dout, qkv, out, lse, attention::Shape { b, t, h, hd, causal: true });
+    }
+
+    fn router_jitter(&self, _out: &mut CudaBuf, _mult: &mut CudaBuf, _x: &CudaBuf, _eps: f32, _seed: u64) {
+        self.not_yet("router_jitter");
+    }
+
+    fn router_jitter_bwd(&self, _dx: &mut CudaBuf, _dout: &CudaBuf, _mult: &CudaBuf) {
+        self.not_yet("router_jitter_bwd");
+    }
+
+    fn router_fwd(
+        &self,
+        _probs: &mut CudaBuf,
+        _expert: &mut CudaIBuf,
+        _gate: &mut CudaBuf,
+        _row: &mut CudaIBuf,
+        _row_assign: &mut CudaIBuf,
+        _offsets: &mut CudaIBuf,
+        _stats: &mut CudaBuf,
+        _logits: &CudaBuf,
+        _p: &RouterParams,
+    ) {
+        self.not_yet("router_fwd");
+    }
+
+    fn router_bwd(
+        &self,
+        _dlogits: &mut CudaBuf,
+        _dgate: &CudaBuf,
+        _logits: &CudaBuf,
+        _probs: &CudaBuf,
+        _expert: &CudaIBuf,
+        _stats: &CudaBuf,
+        _p: &RouterParams,
+        _dloss: f32,
+    ) {
+        self.not_yet("router_bwd");
+    }
+
+    fn dispatch_fwd(&self, _xe: &mut CudaBuf, _x: &CudaBuf, _ra: &CudaIBuf, _rows: usize, _k: usize, _d: usize) {
+        self.not_yet("dispatch_fwd");
+    }
+
+    fn dispatch_bwd(&self, _dx: &mut CudaBuf, _dxe: &CudaBuf, _row: &CudaIBuf, _n: usize, _k: usize, _d: usize) {
+        self.not_yet("dispatch_bwd");
+    }
+
+    fn combine_fwd(
+        &self,
+        _out: &mut CudaBuf,
+        _ye: &CudaBuf,
+        _row: &CudaIBuf,
+        _gate: &CudaBuf,
+        _n: usize,
+        _k: usize,
+        _d: usize,
+    ) {
+        self.not_yet("combine_fwd");
+    }
+
+    fn combine_bwd(
+        &self,
+        _dye: &mut CudaBuf,
+        _dgate: &mut CudaBuf,
+        _dout: &CudaBuf,
+        _ye: &CudaBuf,
+        _row: &CudaIBuf,
+        _row_assign: &CudaIBuf,
+        _gate: &CudaBuf,
+        _n_rows: usize,
+        _n: usize,
+        _k: usize,
+        _d: usize,
+    ) {
+        self.not_yet("combine_bwd");
+    }
+
+    fn cross_entropy(
+        &self,
+        losses: &mut CudaBuf,
+        dlogits: Option<&mut CudaBuf>,
+        logits: &CudaBuf,
+        targets: &CudaIBuf,
+        rows: usize,
+        v: usize,
+        dloss: f32,
+    ) {
+        loss::cross_entropy(self, losses, dlogits, logits, targets, (rows, v), dloss);
+    }
+
+    fn sum_squares(&self, acc: &mut CudaBuf, g: &CudaBuf) {
+        optim::sum_squares(self, acc, g);
+    }
+
+    fn adamw(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        norm_sq: &CudaBuf,
+        h: &AdamW,
+    ) {
+        optim::adamw(self, param, grad, m, v, norm_sq, h);
+    }
+}
