@@ -196,8 +196,7 @@ fn kernel_names(src: &str) -> Vec<String> {
     while let Some(i) = rest.find("extern \"C\" __global__") {
         rest = &rest[i + 21..];
         let mut head_start = 0;
-        loop {
-            let Some(paren) = rest[head_start..].find('(').map(|p| p + head_start) else { break };
+        while let Some(paren) = rest[head_start..].find('(').map(|p| p + head_start) {
             let word = rest[head_start..paren].split_whitespace().last().unwrap_or_default();
             if word == "__launch_bounds__" {
                 head_start = rest[paren..].find(')').map_or(rest.len(), |c| paren + c + 1);

@@ -25,12 +25,13 @@
  * Launch:
  *   kernel              grid            block  smem
  *   embedding_fwd       ceil(N / 8)     256    0     (one warp per row; 8 rows per block)
- *   embedding_bwd_rank  ceil(N / 128)   128    0     (one thread per row; 512 B static smem)
+ *   embedding_bwd_rank  ceil(N / 128)   512    0     (4 threads per row; 4 KiB static smem)
  *   embedding_bwd_wte   N               256    0     (one block per sorted position)
  *   embedding_bwd_wpe   t               256    0     (one block per position)
- * Blocks must be exactly these sizes for embedding_fwd (8 warps) and
- * embedding_bwd_rank (its shared tile is 128 tokens); bwd_wte/bwd_wpe loop
- * over d with a block stride, so any block that is a multiple of 32 works.
+ * Blocks must be exactly these sizes for embedding_fwd (8 warps per block)
+ * and embedding_bwd_rank (128 rows x 4 slices); bwd_wte / bwd_wpe loop over
+ * d with a block stride, so any block up to 256 is correct and the results
+ * do not depend on it.
  * Run order: bwd_rank, then bwd_wte (reads order); bwd_wpe is independent.
  */
 #include "common.cuh"
@@ -39,9 +40,14 @@
  * accesses; 8 warps per block keep enough rows in flight. */
 constexpr int kRowsPerBlock = 8;
 constexpr int kBlock = 32 * kRowsPerBlock;
-/* Rank: one thread per row, 128 keys per shared tile. Smaller blocks than
- * 256 double the number of blocks, so N = 16k rows still covers the SMs. */
-constexpr int kRankBlock = 128;
+/* Rank: 128 rows per block, 4 threads per row (each compares against a
+ * quarter of every 512-token tile): N = 16k rows gives 128 blocks of 16
+ * warps, enough to cover the SMs and hide the shared-memory latency. */
+constexpr int kRankKeys = 128;
+constexpr int kRankSlices = 4;
+constexpr int kRankBlock = kRankKeys * kRankSlices;
+/* Columns per thread in bwd_wte: 4 independent running sums per thread. */
+constexpr int kWteCols = 4;
 
 static __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
@@ -118,34 +124,51 @@ extern "C" __global__ void __launch_bounds__(kBlock) embedding_fwd(EmbeddingPara
 
 /*
  * rank(n) = #{m : tok[m] < tok[n] or (tok[m] == tok[n] and m < n)}, by
- * comparing against every key in shared tiles: O(N^2) compares, about 2.7e8
- * for N = 16k (tens of microseconds), once per step. Keys are unique, so the
- * ranks are a permutation of 0..N-1 and every order[] slot is written once.
+ * comparing against every key through shared tiles: O(N^2) compares, about
+ * 2.7e8 for N = 16k (tens of microseconds), once per step. A block ranks
+ * kRankKeys rows; its kRankSlices threads per row each compare against one
+ * slice of every tile, and the integer partial counts are added at the end
+ * (exact, so the split does not matter). Keys are unique, so the ranks are a
+ * permutation of 0..N-1 and every order[] slot is written exactly once.
  */
 extern "C" __global__ void __launch_bounds__(kRankBlock) embedding_bwd_rank(EmbeddingBwdParams p) {
     __shared__ unsigned tile[kRankBlock];
+    __shared__ int part[kRankBlock];
     const int count = p.b * p.t;
-    const int n = blockIdx.x * kRankBlock + threadIdx.x;
+    const int key = threadIdx.x % kRankKeys, slice = threadIdx.x / kRankKeys;
+    const int n = blockIdx.x * kRankKeys + key;
     const unsigned tn = n < count ? (unsigned)p.tokens[n] : 0u;
     int rank = 0;
     for (int base = 0; base < count; base += kRankBlock) {
         __syncthreads(); /* the previous tile is no longer read */
         if (base + (int)threadIdx.x < count) tile[threadIdx.x] = (unsigned)p.tokens[base + threadIdx.x];
         __syncthreads();
-        const int len = min(kRankBlock, count - base);
+        const int lo = base + slice * kRankKeys; /* first row of this thread's slice */
+        const int len = min(kRankKeys, count - lo);
+        const unsigned* t = tile + slice * kRankKeys; /* warp-uniform: broadcast reads */
 #pragma unroll 8
         for (int j = 0; j < len; ++j) {
-            const unsigned tm = tile[j];
-            rank += (tm < tn) | ((tm == tn) & (base + j < n));
+            const unsigned tm = t[j];
+            rank += (tm < tn) | ((tm == tn) & (lo + j < n));
         }
     }
-    if (n < count) p.order[rank] = n;
+    part[threadIdx.x] = rank;
+    __syncthreads();
+    if (slice == 0 && n < count) {
+        int r = 0;
+#pragma unroll
+        for (int q = 0; q < kRankSlices; ++q) r += part[q * kRankKeys + key];
+        p.order[r] = n;
+    }
 }
 
 /*
  * One block per sorted position i; only the block where a group of equal
- * tokens starts does work: it adds the group's dout rows into dwte[tok],
- * one thread per column, rows in position order.
+ * tokens starts does work: it adds the group's dout rows into dwte[tok] in
+ * position order, one running sum per column. Each thread keeps kWteCols
+ * columns at once and the row loop is unrolled, so a long group (a frequent
+ * token) has many independent loads in flight while every column's adds stay
+ * in order.
  */
 extern "C" __global__ void __launch_bounds__(kBlock) embedding_bwd_wte(EmbeddingBwdParams p) {
     const int count = p.b * p.t;
@@ -158,11 +181,27 @@ extern "C" __global__ void __launch_bounds__(kBlock) embedding_bwd_wte(Embedding
     while (end < count && p.tokens[p.order[end]] == tok) ++end;
     const int d = p.d;
     float* w = p.dwte + (long long)tok * d;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-        float acc = w[j];
+    for (int j0 = threadIdx.x; j0 < d; j0 += blockDim.x * kWteCols) {
+        float acc[kWteCols];
+#pragma unroll
+        for (int q = 0; q < kWteCols; ++q) {
+            const int j = j0 + q * blockDim.x;
+            acc[q] = j < d ? w[j] : 0.0f;
+        }
 #pragma unroll 4
-        for (int k = i; k < end; ++k) acc += p.dout[(long long)p.order[k] * d + j];
-        w[j] = acc;
+        for (int k = i; k < end; ++k) {
+            const float* g = p.dout + (long long)p.order[k] * d;
+#pragma unroll
+            for (int q = 0; q < kWteCols; ++q) {
+                const int j = j0 + q * blockDim.x;
+                if (j < d) acc[q] += g[j];
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < kWteCols; ++q) {
+            const int j = j0 + q * blockDim.x;
+            if (j < d) w[j] = acc[q];
+        }
     }
 }
 

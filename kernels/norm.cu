@@ -16,18 +16,25 @@
  *   norm_layernorm_bwd_finish: dw[j] += sum_blk partial[blk, j],
  *                        db[j] += sum_blk partial[blk, c + j]   (sum from 0, blk in order, then +=)
  *
- * Precision: fp32 statistics and accumulation (DESIGN.md §3). The two-pass
- * variance (mean first, then the mean of squared deviations) is the CPU's
- * formula (src/backend/cpu/norm.rs). Row sums are warp butterflies, so mean,
- * rstd and dx differ from the CPU's 8-lane sums by rounding only. dw and db
- * use exactly the CPU's operations and order (each chunk's rows in order from
- * 0, chunks in order into a zeroed sum, then added to dw/db): with
- * chunk_rows = 64 (REDUCE_CHUNK, src/backend/cpu/mod.rs) they are the CPU's
- * bit for bit. The __f*_rn intrinsics pin the CPU's evaluation order where
- * nvcc would otherwise contract into FMA.
+ * Precision: fp32 statistics and accumulation (DESIGN.md §3), with exactly
+ * the operations of the CPU reference (src/backend/cpu/norm.rs) in its
+ * order, so every output is the CPU's bit for bit:
+ *   - row statistics (sum(x), dot(o, o), sum(g), dot(g, xhat)) follow
+ *     fastmath::sum / fastmath::dot: eight interleaved accumulators combined
+ *     pairwise, then the c % 8 tail (see ref_sum below), one warp per row;
+ *   - two-pass variance: mean first, then the mean of squared deviations;
+ *   - dw, db: each chunk's rows in order from 0, the chunks' partials in
+ *     order into a zeroed sum, then added to dw / db, as reduce_rows does;
+ *     this matches the CPU bit for bit when chunk_rows = 64 (REDUCE_CHUNK,
+ *     src/backend/cpu/mod.rs); any other chunk_rows is still deterministic.
+ * The __f*_rn intrinsics keep nvcc from contracting a*b+c into FMA where
+ * Rust rounds twice. A bit-exact LayerNorm matters because out = xhat*w + b
+ * and dx = rs*(g - mean_g - xhat*mean_gx) cancel: a mean that differs in the
+ * last bit moves near-zero outputs by far more than 1e-5 relative.
  *
- * Vector path: the per-row loops use float4 when c % 4 == 0 and the row
- * pointers' bases are 16-byte aligned (chosen at run time, grid-uniform).
+ * Vector path: the elementwise output passes use float4 when c % 4 == 0 and
+ * the arrays are 16-byte aligned (chosen at run time, grid-uniform); the
+ * statistics always read scalar, 32 consecutive floats per warp access.
  * dx must not alias dout or x (the column pass rereads them).
  *
  * Launch:
@@ -36,14 +43,16 @@
  *   norm_layernorm_bwd          ceil(rows / chunk_rows)   256    0     (one block per chunk)
  *   norm_layernorm_bwd_finish   ceil(c / 256)             256    0     (one thread per column)
  * norm_layernorm_fwd needs block = 256 exactly (8 rows per block).
- * norm_layernorm_bwd: grid must be exactly ceil(rows / chunk_rows), chunk_rows >= 1;
- * any block that is a multiple of 32 is correct, and the results do not depend on it.
+ * norm_layernorm_bwd: grid must be exactly ceil(rows / chunk_rows), chunk_rows >= 1
+ * (64 recommended, see above); any block that is a multiple of 32, up to 256,
+ * is correct, and the results do not depend on it.
  * norm_layernorm_bwd_finish loops over columns with a grid stride (any grid >= 1).
  */
 #include "common.cuh"
 
-/* One warp per row, 8 rows per block: rows of a few thousand floats are
- * reread from L1 for the three passes; 8 warps keep enough rows in flight. */
+/* One warp per row, 8 rows per block: a row of a few thousand floats is
+ * reread from L1 by each pass; 8 warps keep enough rows in flight to hide
+ * the serial 8-accumulator chains of the statistics. */
 constexpr int kRowsPerBlock = 8;
 constexpr int kBlock = 32 * kRowsPerBlock;
 
@@ -83,30 +92,71 @@ static __device__ __forceinline__ void store(float* p, const Frag<W>& f) {
     }
 }
 
+/* ---- row sums in the CPU's order --------------------------------------------- */
+
+/*
+ * The CPU's fastmath::sum / fastmath::dot summation order, reproduced by one
+ * warp so the statistics are the CPU's bit for bit: element e < c8 = c & ~7
+ * goes into accumulator e % 8, in element order, starting from 0; the eight
+ * accumulators combine as ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7));
+ * the c % 8 tail elements are then added in order. The warp loads 32
+ * consecutive elements at a time (coalesced); lane i < 8 adds, in order, the
+ * values of lanes i, i + 8, i + 16, i + 24 (those below c8) into its
+ * accumulator. Lanes >= 8 carry junk that is never combined.
+ */
+static __device__ __forceinline__ void lanes8_add(float& acc, float v, int valid) {
+    const float v8 = __shfl_down_sync(0xffffffffu, v, 8);
+    const float v16 = __shfl_down_sync(0xffffffffu, v, 16);
+    const float v24 = __shfl_down_sync(0xffffffffu, v, 24);
+    acc = __fadd_rn(acc, v);
+    if (valid > 8) acc = __fadd_rn(acc, v8);
+    if (valid > 16) acc = __fadd_rn(acc, v16);
+    if (valid > 24) acc = __fadd_rn(acc, v24);
+}
+
+/* Every lane gets the combined sum of lanes 0..7's accumulators. */
+static __device__ __forceinline__ float lanes8_combine(float acc) {
+    float a[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a[k] = __shfl_sync(0xffffffffu, acc, k);
+    return __fadd_rn(__fadd_rn(__fadd_rn(a[0], a[4]), __fadd_rn(a[1], a[5])),
+                     __fadd_rn(__fadd_rn(a[2], a[6]), __fadd_rn(a[3], a[7])));
+}
+
+/*
+ * sum over e < c of f(e) in the fastmath order above; every lane of the warp
+ * gets the same value. f must be cheap and side-effect free (the tail
+ * elements are evaluated by every lane).
+ */
+template <class F>
+static __device__ __forceinline__ float ref_sum(int c, int lane, F f) {
+    const int c8 = c & ~7;
+    float acc = 0.0f;
+    for (int base = 0; base < c8; base += 32) {
+        const int e = base + lane;
+        lanes8_add(acc, e < c8 ? f(e) : 0.0f, c8 - base);
+    }
+    float s = lanes8_combine(acc);
+    for (int e = c8; e < c; ++e) s = __fadd_rn(s, f(e));
+    return s;
+}
+
 /* ---- forward ---------------------------------------------------------------- */
 
-/* One row by one warp; W = 4 needs c % 4 == 0 and aligned bases. */
+/* One row by one warp; W = 4 needs c % 4 == 0 and aligned bases.
+ * Operation for operation as norm.rs: mu = sum(x) / c; o = x - mu;
+ * var = dot(o, o) / c; rs = 1 / sqrt(var + eps); out = o * rs * w + b. */
 template <int W>
 static __device__ __forceinline__ void layernorm_row(const LayerNormParams& p, int row, int lane) {
     const int c = p.c;
     const float* x = p.x + (long long)row * c;
-    float s = 0.0f;
-    for (int i = lane * W; i < c; i += 32 * W) {
-        const Frag<W> v = load<W>(x + i);
-#pragma unroll
-        for (int k = 0; k < W; ++k) s += v.v[k];
-    }
-    const float mu = __fdiv_rn(sy_warp_sum(s), (float)c);
-    float ss = 0.0f;
-    for (int i = lane * W; i < c; i += 32 * W) {
-        const Frag<W> v = load<W>(x + i);
-#pragma unroll
-        for (int k = 0; k < W; ++k) {
-            const float d = __fsub_rn(v.v[k], mu);
-            ss = __fmaf_rn(d, d, ss);
-        }
-    }
-    const float var = __fdiv_rn(sy_warp_sum(ss), (float)c);
+    const float mu = __fdiv_rn(ref_sum(c, lane, [&](int e) { return x[e]; }), (float)c);
+    const float var = __fdiv_rn(ref_sum(c, lane,
+                                        [&](int e) {
+                                            const float d = __fsub_rn(x[e], mu);
+                                            return __fmul_rn(d, d);
+                                        }),
+                                (float)c);
     const float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, p.eps)));
     float* out = p.out + (long long)row * c;
     for (int i = lane * W; i < c; i += 32 * W) {
@@ -136,29 +186,23 @@ extern "C" __global__ void __launch_bounds__(kBlock) norm_layernorm_fwd(LayerNor
 
 /* ---- backward --------------------------------------------------------------- */
 
-/* dx[row] += rstd * (g - mean(g) - xhat * mean(g * xhat)), one warp. */
+/* dx[row] += rstd * (g - mean(g) - xhat * mean(g * xhat)), one warp,
+ * operation for operation as norm.rs (mean(g) = sum(g) / c,
+ * mean(g xhat) = dot(g, xhat) / c in the fastmath order). */
 template <int W>
 static __device__ __forceinline__ void layernorm_dx_row(const LayerNormBwdParams& p, int row, int lane) {
     const int c = p.c;
     const long long off = (long long)row * c;
     const float* x = p.x + off;
     const float* go = p.dout + off;
+    const float* w = p.w;
     const float mu = p.mean[row], rs = p.rstd[row];
-    float sg = 0.0f, sgx = 0.0f;
-    for (int i = lane * W; i < c; i += 32 * W) {
-        const Frag<W> xv = load<W>(x + i);
-        const Frag<W> gv = load<W>(go + i);
-        const Frag<W> wv = load<W>(p.w + i);
-#pragma unroll
-        for (int k = 0; k < W; ++k) {
-            const float g = __fmul_rn(gv.v[k], wv.v[k]);
-            const float xh = __fmul_rn(__fsub_rn(xv.v[k], mu), rs);
-            sg += g;
-            sgx = __fmaf_rn(g, xh, sgx);
-        }
-    }
-    const float mean_g = __fdiv_rn(sy_warp_sum(sg), (float)c);
-    const float mean_gx = __fdiv_rn(sy_warp_sum(sgx), (float)c);
+    const float sg = ref_sum(c, lane, [&](int e) { return __fmul_rn(go[e], w[e]); });
+    const float sgx = ref_sum(c, lane, [&](int e) {
+        return __fmul_rn(__fmul_rn(go[e], w[e]), __fmul_rn(__fsub_rn(x[e], mu), rs));
+    });
+    const float mean_g = __fdiv_rn(sg, (float)c);
+    const float mean_gx = __fdiv_rn(sgx, (float)c);
     float* dx = p.dx + off;
     for (int i = lane * W; i < c; i += 32 * W) {
         const Frag<W> xv = load<W>(x + i);

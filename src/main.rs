@@ -226,22 +226,40 @@ fn cmd_kernels(json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("kernels compiled by nvcc {nvcc}; ptxas resource use per kernel and architecture:");
-    println!("{:<34} {:<7} {:>5} {:>7} {:>7} {:>8}", "kernel", "arch", "regs", "spill", "stack", "smem");
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    writeln!(t, "kernels compiled by nvcc {nvcc}; ptxas resources per kernel and architecture").unwrap();
+    writeln!(t, "(occupancy: theoretical resident warps / 64 at the launchers' block size)").unwrap();
+    writeln!(
+        t,
+        "{:<28} {:<7} {:>5} {:>6} {:>6} {:>6} {:>7} {:>6}",
+        "kernel", "arch", "regs", "spill", "stack", "smem", "block", "occ"
+    )
+    .unwrap();
     for r in rows.iter().filter(|r| !r.arch.starts_with("compute")) {
-        println!(
-            "{:<34} {:<7} {:>5} {:>7} {:>7} {:>8}",
+        let block = cuda::block_size(&r.kernel);
+        // Usable shared memory per SM: 164 KiB on sm_80, 227 KiB on sm_90.
+        let smem_sm = if r.arch.starts_with("sm_90") { 227 * 1024 } else { 164 * 1024 };
+        let occ = kernels::occupancy(r.registers, block, r.smem, smem_sm);
+        writeln!(
+            t,
+            "{:<28} {:<7} {:>5} {:>6} {:>6} {:>6} {:>7} {:>5.0}%",
             r.kernel,
             r.arch,
             r.registers,
             r.spill_stores + r.spill_loads,
             r.stack,
-            r.smem
-        );
+            r.smem,
+            block,
+            100.0 * occ
+        )
+        .unwrap();
     }
     if let Err(e) = cuda::probe(0) {
-        println!("(no GPU here: {e})");
+        writeln!(t, "(no GPU here: {e})").unwrap();
     }
+    // Ignore a closed pipe (`switchyard kernels | head`).
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), t.as_bytes());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -272,7 +290,6 @@ fn load_config(a: &TrainArgs) -> Result<Config> {
 
 fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
     let cfg = load_config(&a)?;
-    let dev = backend(&a.device, &cfg)?;
     let out = match (&a.out, &a.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => {
@@ -286,6 +303,8 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
     let data = Dataset::open(&cfg)?;
     let info = data.info().clone();
     drop(data);
+    // After the config and data checks, so their errors come first and alone.
+    let dev = backend(&a.device, &cfg)?;
     let table = switchyard::model::ParamTable::new(&cfg);
     let m = &cfg.model;
     eprintln!("switchyard train -> {}", out.display());

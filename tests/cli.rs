@@ -105,7 +105,6 @@ fn bad_flags_get_clear_errors() {
         (args(&["train", "--out", o, "--preset", "tiny", "--config", "x.toml"]), "either --config or --preset"),
         (args(&["train", "--out", o, "--config", "/nonexistent.toml"]), "cannot read config file /nonexistent.toml"),
         (args(&["train", "--out", o, "--data", "/nonexistent/corpus.txt"]), "/nonexistent/corpus.txt"),
-        (args(&["train", "--out", o, "--device", "cuda"]), "no CUDA backend"),
         (args(&["train", "--out", o, "--device", "tpu"]), "unknown device"),
         (args(&["eval", "--checkpoint", "/nonexistent/run"]), "does not exist"),
         (args(&["train", "--resume", "/nonexistent/run"]), "does not exist"),
@@ -180,4 +179,41 @@ fn bench_prints_and_writes_json() {
     let o = run(&args(&["bench", "--steps", "0"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--steps 0"));
+}
+
+#[test]
+fn device_flag_errors_name_the_problem() {
+    // MoE tiny on `cuda`: refused on every machine, either because there is no
+    // GPU (this machine, CI) or because MoE is not on CUDA yet.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run").to_str().unwrap().to_string();
+    let o = run(&args(&["train", "--quiet", "--device", "cuda", "--out", &out]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--device cuda"), "{err}");
+    assert!(
+        err.contains("no CUDA") || err.contains("no embedded CUDA kernels") || err.contains("not on CUDA yet"),
+        "{err}"
+    );
+    let o = run(&args(&["train", "--quiet", "--device", "cuda:x", "--out", &out]));
+    assert!(stderr(&o).contains("expected cuda or cuda:N"), "{}", stderr(&o));
+    let o = run(&args(&["train", "--quiet", "--device", "tpu", "--out", &out]));
+    assert!(stderr(&o).contains("unknown device; use auto, cpu, cuda or cuda:N"), "{}", stderr(&o));
+    assert!(!Path::new(&out).join("metrics.jsonl").exists(), "nothing was trained");
+}
+
+#[test]
+fn kernels_command_reports_ptxas_resources() {
+    let o = run(&args(&["kernels"]));
+    if switchyard::backend::cuda::kernels::NVCC_VERSION.is_some() {
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(text.contains("attention_fwd_hd64") && text.contains("sm_90a"), "{text}");
+        let o = run(&args(&["kernels", "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert!(v.as_array().is_some_and(|a| a.iter().any(|r| r["registers"].as_u64().unwrap_or(0) > 0)));
+    } else {
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("no embedded CUDA kernels"), "{}", stderr(&o));
+    }
 }

@@ -64,6 +64,6 @@ pub(super) fn bias_grad(cu: &Cuda, dbias: &mut CudaBuf, dout: &CudaBuf, rows: us
         cols: cols as i32,
         chunk_rows: COLSUM_CHUNK_ROWS as i32,
     };
-    cu.launch(ACTIVATION_COLSUM_PARTIAL, (chunks as u32, 1, 1), BLOCK, 0, p);
+    cu.launch(ACTIVATION_COLSUM_PARTIAL, (chunks as u32, cols.div_ceil(BLOCK as usize) as u32, 1), BLOCK, 0, p);
     cu.launch(ACTIVATION_COLSUM_FINISH, (grid_1d(cols, BLOCK), 1, 1), BLOCK, 0, p);
 }

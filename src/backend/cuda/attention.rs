@@ -34,6 +34,8 @@ fn bwd_tile(hd: usize) -> (usize, u32) {
 }
 /// (row, head) pairs per CTA of the delta kernel: one warp each.
 const DELTA_ROWS_PER_BLOCK: usize = 8;
+/// Threads per CTA of the delta kernel.
+const DELTA_BLOCK: u32 = 32 * DELTA_ROWS_PER_BLOCK as u32;
 
 /// One attention call's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +104,17 @@ fn params(s: &Shape) -> AttentionParams {
     }
 }
 
+/// Threads per CTA of an attention kernel, by name (for the occupancy report).
+pub(super) fn block_of(name: &str) -> u32 {
+    if name == ATTENTION_BWD_DELTA.name {
+        DELTA_BLOCK
+    } else if name.contains("_fwd_") {
+        FWD_BLOCK
+    } else {
+        bwd_tile(name.rsplit("hd").next().and_then(|x| x.parse().ok()).unwrap_or(64)).1
+    }
+}
+
 fn grid(s: &Shape, tile: usize) -> (u32, u32, u32) {
     (s.t.div_ceil(tile) as u32, s.h as u32, s.b as u32)
 }
@@ -142,7 +155,7 @@ pub(super) fn bwd(
     p.delta = cu.scratch_f32("attention.delta", s.b * s.h * s.t);
     p.dqkv = cu.out(dqkv);
     let rows = s.b * s.h * s.t;
-    cu.launch(ATTENTION_BWD_DELTA, (rows.div_ceil(DELTA_ROWS_PER_BLOCK) as u32, 1, 1), 256, 0, p);
+    cu.launch(ATTENTION_BWD_DELTA, (rows.div_ceil(DELTA_ROWS_PER_BLOCK) as u32, 1, 1), DELTA_BLOCK, 0, p);
     let (tile, block) = bwd_tile(s.hd);
     cu.launch(kdkdv, grid(&s, tile), block, 0, p);
     cu.launch(kdq, grid(&s, tile), block, 0, p);

@@ -3,10 +3,16 @@
 
 use super::kernels::{EMBEDDING_BWD_RANK, EMBEDDING_BWD_WPE, EMBEDDING_BWD_WTE, EMBEDDING_FWD};
 use super::params::{EmbeddingBwdParams, EmbeddingParams};
-use super::{grid_1d, Cuda, CudaBuf, CudaIBuf};
+use super::{Cuda, CudaBuf, CudaIBuf};
 
-/// Threads per block.
+/// Threads per block (8 warps; the forward handles one row per warp).
 const BLOCK: u32 = 256;
+/// Rows per block of the forward: one per warp.
+const FWD_ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
+/// The rank kernel's block: 128 rows x 4 key slices, exactly (kernels/embedding.cu).
+const RANK_BLOCK: u32 = 512;
+/// Rows ranked per block of the rank kernel.
+const RANK_ROWS_PER_BLOCK: usize = 128;
 
 /// `out[n] = wte[tokens[n]] + wpe[n % t]`.
 pub(super) fn fwd(
@@ -29,7 +35,7 @@ pub(super) fn fwd(
         d: d as i32,
         vocab: (wte.len() / d.max(1)) as i32,
     };
-    cu.launch(EMBEDDING_FWD, (n as u32, 1, 1), BLOCK, 0, p);
+    cu.launch(EMBEDDING_FWD, (n.div_ceil(FWD_ROWS_PER_BLOCK) as u32, 1, 1), BLOCK, 0, p);
 }
 
 /// `dwte[tokens[n]] += dout[n]`, `dwpe[t] += dout[b*T + t]`.
@@ -57,7 +63,7 @@ pub(super) fn bwd(
         d: d as i32,
         vocab: (dwte.len() / d.max(1)) as i32,
     };
-    cu.launch(EMBEDDING_BWD_RANK, (grid_1d(n, BLOCK), 1, 1), BLOCK, 0, p);
+    cu.launch(EMBEDDING_BWD_RANK, (n.div_ceil(RANK_ROWS_PER_BLOCK) as u32, 1, 1), RANK_BLOCK, 0, p);
     cu.launch(EMBEDDING_BWD_WTE, (n as u32, 1, 1), BLOCK, 0, p);
-    cu.launch(EMBEDDING_BWD_WPE, (grid_1d(t * d, BLOCK), 1, 1), BLOCK, 0, p);
+    cu.launch(EMBEDDING_BWD_WPE, (t as u32, 1, 1), BLOCK, 0, p);
 }

@@ -123,6 +123,18 @@ pub fn probe(ordinal: usize) -> std::result::Result<(), Unavailable> {
     Ok(())
 }
 
+/// Threads per block the launchers use for kernel `name` (every family but
+/// attention and the embedding rank kernel launch 256-thread blocks).
+pub fn block_size(name: &str) -> u32 {
+    if name.starts_with("attention_") {
+        attention::block_of(name)
+    } else if name == kernels::EMBEDDING_BWD_RANK.name {
+        512
+    } else {
+        256
+    }
+}
+
 /// Whether the CUDA kernels can run `cfg`: dense layers only until the MoE
 /// kernels land (issue 4), and a head dimension with an attention kernel.
 /// Needs no GPU, so configs are refused before any device work.
@@ -411,6 +423,44 @@ impl Cuda {
     fn out(&self, x: &mut CudaBuf) -> u64 {
         x.half_valid = false;
         self.ptr(&x.data)
+    }
+
+    /// Keep a bf16 copy of `x` beside it, as AdamW does for parameters, so
+    /// matmuls and attention read it without casting (for frozen weights,
+    /// and for benchmarks that time the kernels alone). Any later write to
+    /// `x` drops the copy.
+    pub fn prepare_bf16(&self, x: &mut CudaBuf) {
+        if x.half.is_none() {
+            match self.stream.alloc_zeros::<u16>(x.len().max(1)) {
+                Ok(h) => x.half = Some(h),
+                Err(e) => return self.fail(oom(&self.ctx, "bf16 copy", x.len() * 2, &e)),
+            }
+        }
+        let dst = self.ptr(x.half.as_ref().expect("allocated above"));
+        elementwise::cast_to_bf16(self, dst, self.ptr(&x.data), x.len());
+        x.half_valid = !self.failed();
+    }
+
+    /// Device time of `iters` calls of `f`, in milliseconds, measured with
+    /// CUDA events on the backend's stream (`f` only queues work).
+    pub fn time_ms(&self, iters: usize, mut f: impl FnMut()) -> Result<f64> {
+        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let err = |e: cudarc::driver::DriverError| Error::Backend(format!("CUDA event: {e}"));
+        let start = self.ctx.new_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
+        let end = self.ctx.new_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
+        start.record(&self.stream).map_err(err)?;
+        for _ in 0..iters {
+            f();
+        }
+        end.record(&self.stream).map_err(err)?;
+        end.synchronize().map_err(err)?;
+        self.check_error()?;
+        Ok(f64::from(start.elapsed_ms(&end).map_err(err)?))
+    }
+
+    /// Free and total device memory, in bytes.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(|e| Error::Backend(format!("cuMemGetInfo: {e}")))
     }
 
     /// The bf16 copy of a parameter that the last AdamW step wrote (bit
