@@ -117,6 +117,9 @@ fn median_ms(g: &Cuda, b: &mut Bufs, kind: Kind, repeats: usize) -> f64 {
 
 fn main() {
     if let Err(e) = cuda::probe(0) {
+        if std::env::var_os("SWITCHYARD_REQUIRE_GPU").is_some() {
+            panic!("SWITCHYARD_REQUIRE_GPU is set but the GPU is unavailable: {e}");
+        }
         println!("skipped: cuda_ops: no CUDA device ({e})");
         return;
     }

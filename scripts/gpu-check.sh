@@ -15,6 +15,8 @@ if [[ ! -x $B/bin/switchyard ]]; then
     exit 2
 fi
 export SWITCHYARD_ROOT="$PWD"
+# On the GPU machine a missing GPU is a failure, not a skip.
+export SWITCHYARD_REQUIRE_GPU=1
 # cuBLAS: the system toolkit's, else the nvidia-cublas wheel's.
 if ! ldconfig -p 2>/dev/null | grep -q 'libcublas.so.13'; then
     lib=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name 'libcublas.so.13*' -print 2>/dev/null | head -1)

@@ -24,6 +24,9 @@ use switchyard::backend::{AdamW, Backend};
 fn gpu(test: &str) -> Option<(Cuda, Cpu)> {
     match cuda::probe(0) {
         Ok(()) => Some((Cuda::new(0).expect("probe passed, so the device opens"), Cpu::new(0).unwrap())),
+        Err(e) if std::env::var_os("SWITCHYARD_REQUIRE_GPU").is_some() => {
+            panic!("SWITCHYARD_REQUIRE_GPU is set but the GPU is unavailable: {e}")
+        }
         Err(e) => {
             common::skip(test, &format!("no CUDA device ({})", e.to_string().split(':').next().unwrap_or_default()));
             None
