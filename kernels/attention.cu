@@ -1,7 +1,9 @@
 /*
  * Fused causal flash attention over packed qkv, forward and backward, on bf16
- * tensor cores (mma.sync m16n8k16 via sy_mma_bf16_16816), head_dim 32, 64, 128.
- * The CPU oracle is src/backend/cpu/attention.rs; DESIGN.md §4 is the contract.
+ * tensor cores (mma.sync m16n8k16 via sy_mma_bf16_16816), head_dim 32, 64, 128;
+ * and, at the end of the file, fp32 inference kernels over a KV cache (see
+ * "Inference" below). The CPU oracle is src/backend/cpu/attention.rs;
+ * DESIGN.md §4 is the contract.
  *
  * What is fused: the forward computes S = scale * Q K^T, the causal mask, an
  * online (flash-attention-2) softmax and O = P V in one kernel, so the t x t
@@ -43,6 +45,28 @@
  * clamped to row 0 of the batch, which exists as t >= 1); scores of keys >= t
  * are masked, rows >= t are computed on zeros and never written.
  *
+ * Inference (KV cache; params.h, DecodeParams), all fp32 on CUDA cores, one
+ * query per sequence, split-K over the keys (flash-decoding):
+ *   k_cache, v_cache  fp32 [n_seq * max_t, h*hd]; sequence s owns rows
+ *                     s*max_t .. s*max_t + max_t - 1, key j at row s*max_t + j
+ *   qkv   fp32 [n, 3*h*hd] (new rows); slots int [n] (cache row, < 0 skips)
+ *   q     fp32, head hh of sequence s at q[s*q_stride + hh*hd]; lens int [n_seq]
+ *   part_ml fp32 [n_seq, h, n_chunks, 2] (m, l); part_o fp32 [n_seq, h, n_chunks, hd]
+ *   out   fp32 [n_seq, h*hd]
+ *   attention_kv_append:          cache rows slots[i] (=) from k, v of qkv row i.
+ *   attention_decode_hd{32,64,128}: part_ml, part_o (=) of chunk c (keys
+ *                                 c*chunk .. min((c+1)*chunk, lens[s]) - 1):
+ *                                 m = max score (natural log), l = sum e^(score-m),
+ *                                 o = sum e^(score-m) v; chunks past lens[s]:
+ *                                 m = -inf, l = 0, o = 0.
+ *   attention_decode_reduce:      out (=) = sum_c e^(m_c-M) o_c / sum_c e^(m_c-M) l_c.
+ * Order: kv_append (this step's k, v) before decode, decode before reduce.
+ * Requires 1 <= lens[s] <= max_t, n_chunks * chunk >= lens[s] (keys past the
+ * last chunk are not seen), p.hd = the kernel's HD. expf and plain fp32 (no
+ * fast-math intrinsics): the oracle is an exact softmax. Deterministic: each
+ * warp walks its keys in a fixed order, warps merge in index order, chunks
+ * combine in index order; no atomics.
+ *
  * Launch (all shared memory is static, <= 48 KB; dynamic smem bytes = 0;
  * ceil(x/y) = (x + y - 1) / y):
  *   kernel                       grid                      block  dyn smem
@@ -56,6 +80,14 @@
  *   attention_bwd_dq_hd32        (ceil(t/64), h, b)         128    0
  *   attention_bwd_dq_hd64        (ceil(t/64), h, b)         128    0
  *   attention_bwd_dq_hd128       (ceil(t/32), h, b)          64    0
+ *   attention_kv_append          (clamp(ceil(n*h*hd/256), 1, 65535), 1, 1)  256  0
+ *   attention_decode_hd32        (n_chunks, h, n_seq)       128    0
+ *   attention_decode_hd64        (n_chunks, h, n_seq)       128    0
+ *   attention_decode_hd128       (n_chunks, h, n_seq)       128    0
+ *   attention_decode_reduce      (h, n_seq)                 128    0
+ * kv_append is grid-stride (any grid, block <= 256 gives the same result);
+ * decode needs exactly 128 threads (4 warps); reduce loops over hd with a
+ * block stride, so any block <= 128 is correct and gives the same bits.
  */
 #include "common.cuh"
 
@@ -593,4 +625,176 @@ extern "C" __global__ void __launch_bounds__(BwdTile<64>::kThreads) attention_bw
 }
 extern "C" __global__ void __launch_bounds__(BwdTile<128>::kThreads) attention_bwd_dq_hd128(AttentionParams p) {
     attention_bwd_dq<128>(p);
+}
+
+/* ---- inference (KV cache) ------------------------------------------------ */
+
+/*
+ * Split-K decode (flash-decoding): one query per sequence, so there is no
+ * query tile to feed an MMA; the work is reading K and V, and it is spread
+ * over (chunk, head, sequence) blocks so a long cache still covers the SMs.
+ * Each of the kDecodeWarps warps walks its keys kDecodeKeys at a time, keys
+ * k0 + (it * kDecodeWarps + warp) * kDecodeKeys + g, g < kDecodeKeys, with
+ * lane `lane` holding elements lane + 32 e (e < HD / 32) of q, k, v and o.
+ * kDecodeKeys independent key/value loads per warp keep memory busy while
+ * the scores' warp sums complete; neither constant is tuned on a GPU yet.
+ */
+static constexpr int kDecodeWarps = 4;
+static constexpr int kDecodeThreads = 32 * kDecodeWarps;
+static constexpr int kDecodeKeys = 8;
+static constexpr int kReduceThreads = 128;
+static constexpr int kAppendThreads = 256;
+
+/* k_cache[slots[i]] = k of row i, v_cache[slots[i]] = v of row i; slot < 0 skips. */
+extern "C" __global__ void __launch_bounds__(kAppendThreads) attention_kv_append(DecodeParams p) {
+    const int d = p.h * p.hd;
+    SY_FOR_EACH(idx, (long long)p.n * d) {
+        const long long i = idx / d;
+        const int c = (int)(idx % d);
+        const int slot = p.slots[i];
+        if (slot < 0) continue;
+        const float* row = p.qkv + i * 3 * d;
+        p.k_cache[(long long)slot * d + c] = row[d + c];
+        p.v_cache[(long long)slot * d + c] = row[2 * d + c];
+    }
+}
+
+/*
+ * Partial softmax state of keys [c * chunk, min((c + 1) * chunk, lens[s]))
+ * for head hh of sequence s, (c, hh, s) = blockIdx. Per warp: an online
+ * softmax in natural-log units, (m, l) warp-uniform (the butterfly leaves the
+ * same bits in every lane), o per lane. The warp states are then merged in
+ * warp order through shared memory. Keys past the chunk are never loaded:
+ * cache rows past lens[s] may hold anything, even NaN.
+ */
+template <int HD>
+static __device__ __forceinline__ void attention_decode(const DecodeParams& p) {
+    constexpr int kE = HD / 32;
+    __shared__ float sO[kDecodeWarps][HD];
+    __shared__ float sM[kDecodeWarps], sL[kDecodeWarps];
+
+    const int c = blockIdx.x, hh = blockIdx.y, s = blockIdx.z;
+    if (c >= p.n_chunks) return; /* whole block */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int d = p.h * HD;
+    const int k0 = c * p.chunk, k1 = min(k0 + p.chunk, p.lens[s]);
+    const float* q = p.q + (long long)s * p.q_stride + hh * HD;
+    const float* kc = p.k_cache + (long long)s * p.max_t * d + hh * HD;
+    const float* vc = p.v_cache + (long long)s * p.max_t * d + hh * HD;
+
+    float qr[kE], o[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+        qr[e] = q[lane + 32 * e];
+        o[e] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+
+    /* The group's first key is < k1, so every step has a finite score. */
+    for (int base = k0 + warp * kDecodeKeys; base < k1; base += kDecodeWarps * kDecodeKeys) {
+        float kr[kDecodeKeys][kE], vr[kDecodeKeys][kE];
+#pragma unroll
+        for (int g = 0; g < kDecodeKeys; ++g) {
+            const bool live = base + g < k1;
+            const long long off = (long long)(base + g) * d + lane;
+#pragma unroll
+            for (int e = 0; e < kE; ++e) {
+                kr[g][e] = live ? kc[off + 32 * e] : 0.0f;
+                vr[g][e] = live ? vc[off + 32 * e] : 0.0f;
+            }
+        }
+        float sc[kDecodeKeys];
+        float mx = -INFINITY;
+#pragma unroll
+        for (int g = 0; g < kDecodeKeys; ++g) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int e = 0; e < kE; ++e) dot += qr[e] * kr[g][e];
+            dot = sy_warp_sum(dot);
+            sc[g] = base + g < k1 ? p.scale * dot : -INFINITY;
+            mx = fmaxf(mx, sc[g]);
+        }
+        const float m_new = fmaxf(m, mx);
+        const float alpha = expf(m - m_new); /* 0 on the first step (m = -inf) */
+        m = m_new;
+        l *= alpha;
+#pragma unroll
+        for (int e = 0; e < kE; ++e) o[e] *= alpha;
+#pragma unroll
+        for (int g = 0; g < kDecodeKeys; ++g) {
+            const float pr = base + g < k1 ? expf(sc[g] - m_new) : 0.0f;
+            l += pr;
+#pragma unroll
+            for (int e = 0; e < kE; ++e) o[e] += pr * vr[g][e];
+        }
+    }
+
+#pragma unroll
+    for (int e = 0; e < kE; ++e) sO[warp][lane + 32 * e] = o[e];
+    if (lane == 0) {
+        sM[warp] = m;
+        sL[warp] = l;
+    }
+    __syncthreads();
+
+    /* A warp (or the whole chunk) without keys has m = -inf: weight 0, not
+     * exp(-inf - -inf) = NaN. A dead chunk thus writes m = -inf, l = 0, o = 0. */
+    float mc = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) mc = fmaxf(mc, sM[w]);
+    float wt[kDecodeWarps];
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) wt[w] = sM[w] == -INFINITY ? 0.0f : expf(sM[w] - mc);
+
+    const long long part = ((long long)s * p.h + hh) * p.n_chunks + c;
+    for (int j = threadIdx.x; j < HD; j += kDecodeThreads) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kDecodeWarps; ++w) acc += wt[w] * sO[w][j];
+        p.part_o[part * HD + j] = acc;
+    }
+    if (threadIdx.x == 0) {
+        float lc = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kDecodeWarps; ++w) lc += wt[w] * sL[w];
+        p.part_ml[part * 2] = mc;
+        p.part_ml[part * 2 + 1] = lc;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(kDecodeThreads) attention_decode_hd32(DecodeParams p) {
+    attention_decode<32>(p);
+}
+extern "C" __global__ void __launch_bounds__(kDecodeThreads) attention_decode_hd64(DecodeParams p) {
+    attention_decode<64>(p);
+}
+extern "C" __global__ void __launch_bounds__(kDecodeThreads) attention_decode_hd128(DecodeParams p) {
+    attention_decode<128>(p);
+}
+
+/*
+ * out[s, hh*hd + j] = sum_c w_c o_c[j] / sum_c w_c l_c, w_c = exp(m_c - M),
+ * for (hh, s) = blockIdx, one thread per j (block-strided), chunks in index
+ * order. Every thread recomputes M and the denominator in the same order, so
+ * they agree bit for bit. lens[s] >= 1 makes chunk 0 live, so the
+ * denominator is >= 1; the guard only keeps a malformed lens[s] = 0 at zeros.
+ */
+extern "C" __global__ void __launch_bounds__(kReduceThreads) attention_decode_reduce(DecodeParams p) {
+    const int hh = blockIdx.x, s = blockIdx.y, hd = p.hd, nc = p.n_chunks;
+    const long long base = ((long long)s * p.h + hh) * nc;
+    const float* ml = p.part_ml + base * 2;
+    float mx = -INFINITY;
+    for (int c = 0; c < nc; ++c) mx = fmaxf(mx, ml[2 * c]);
+    float* dst = p.out + (long long)s * p.h * hd + (long long)hh * hd;
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+        float num = 0.0f, den = 0.0f;
+        for (int c = 0; c < nc; ++c) {
+            const float mc = ml[2 * c];
+            if (mc == -INFINITY) continue; /* dead chunk: l = 0, o = 0 */
+            const float w = expf(mc - mx);
+            num += w * p.part_o[(base + c) * hd + j];
+            den += w * ml[2 * c + 1];
+        }
+        dst[j] = den > 0.0f ? num / den : 0.0f;
+    }
 }

@@ -3,11 +3,15 @@
  * deterministic, atomic-free scatter-add (rank, then one owner per token).
  *
  * Shapes: tokens: [N] with N = b*t (row n = batch n / t, position n % t);
- * wte, dwte: [vocab, d]; wpe, dwpe: [max_t, d] (rows 0..t used);
+ * positions: [N] int or NULL; wte, dwte: [vocab, d]; wpe, dwpe: [max_t, d]
+ * (training reads rows 0..t-1, so t <= max_t);
  * out, dout: [N, d]; order: [N] int scratch.
  *
- *   embedding_fwd:      out[n] = wte[tokens[n]] + wpe[n % t]          (=)
- *                       (a row whose token is outside [0, vocab) is written as zeros)
+ *   embedding_fwd:      out[n] = wte[tokens[n]] + wpe[pos(n)]         (=)
+ *                       pos(n) = positions ? positions[n] : n % t (inference
+ *                       passes each row's own position; training passes NULL);
+ *                       a row whose token is outside [0, vocab) or whose
+ *                       position is outside [0, max_t) is written as zeros
  *   embedding_bwd_rank: order[rank(n)] = n, where rank(n) counts the m with
  *                       (tokens[m], m) < (tokens[n], n), tokens compared as unsigned:
  *                       a permutation that groups equal tokens, positions ascending (=)
@@ -92,7 +96,8 @@ static __device__ __forceinline__ void embed_row(const EmbeddingParams& p, int n
     const int d = p.d;
     float* out = p.out + (long long)n * d;
     const int tok = p.tokens[n];
-    if (tok < 0 || tok >= p.vocab) {
+    const int pos = p.positions ? p.positions[n] : n % p.t;
+    if (tok < 0 || tok >= p.vocab || pos < 0 || pos >= p.max_t) {
         Frag<W> z;
 #pragma unroll
         for (int k = 0; k < W; ++k) z.v[k] = 0.0f;
@@ -100,7 +105,7 @@ static __device__ __forceinline__ void embed_row(const EmbeddingParams& p, int n
         return;
     }
     const float* e = p.wte + (long long)tok * d;
-    const float* q = p.wpe + (long long)(n % p.t) * d;
+    const float* q = p.wpe + (long long)pos * d;
     for (int i = lane * W; i < d; i += 32 * W) {
         Frag<W> a = load<W>(e + i);
         const Frag<W> b = load<W>(q + i);

@@ -140,18 +140,22 @@ typedef struct {
 /* ---- embedding.cu --------------------------------------------------- */
 
 /*
- * embedding_fwd: out[n] = wte[tokens[n]] + wpe[n % t], n < b*t.
- * Out-of-range tokens (host-validated before upload) write zeros.
+ * embedding_fwd: out[n] = wte[tokens[n]] + wpe[pos(n)], n < b*t, where
+ * pos(n) = positions[n] when positions is non-NULL (inference: each sequence
+ * at its own position), else n % t.
+ * Out-of-range tokens or positions (host-validated before upload) write zeros.
  */
 typedef struct {
     float* out;
     const int* tokens;
+    const int* positions;
     const float* wte;
     const float* wpe;
     int b;
     int t;
     int d;
     int vocab;
+    int max_t;
 } EmbeddingParams;
 
 /*
@@ -269,5 +273,46 @@ typedef struct {
     int causal;
     float scale;
 } AttentionParams;
+
+/*
+ * Inference (KV cache), attention family.
+ *
+ * attention_kv_append: for each new row i < n, copy its k and v (columns
+ *   h*hd.. and 2*h*hd.. of qkv row i, stride 3*h*hd) into row slots[i] of
+ *   k_cache and v_cache ([*, h*hd] each). Rows with slots[i] < 0 are skipped.
+ *
+ * attention_decode_hd{32,64,128}: one query per sequence s < n_seq (q at
+ *   column hh*hd of row s of `q`, row stride q_stride) against keys 0 ..
+ *   lens[s]-1 of its cache rows s*max_t .. s*max_t + lens[s] - 1 (keys are
+ *   all visible: the query is the newest position). Split along the keys
+ *   into chunks of `chunk`: block (c, hh, s) writes for chunk c its running
+ *   max m (natural-log units of scale*q.k), sum l = sum exp(score - m) and
+ *   unnormalized o = sum exp(score - m) v into part_ml[((s*h + hh)*n_chunks
+ *   + c)*2 + {0,1}] and part_o[((s*h + hh)*n_chunks + c)*hd + ...]. Chunks
+ *   wholly past lens[s] write m = -inf, l = 0, o = 0.
+ * attention_decode_reduce: out[s, hh*hd + j] = (sum_c e^(m_c - M) o_c[j]) /
+ *   (sum_c e^(m_c - M) l_c), M = max_c m_c, chunks combined in index order
+ *   (deterministic). All fp32.
+ */
+typedef struct {
+    float* k_cache;
+    float* v_cache;
+    const float* qkv;
+    const int* slots;
+    const float* q;
+    const int* lens;
+    float* part_o;
+    float* part_ml;
+    float* out;
+    int n;
+    int n_seq;
+    int h;
+    int hd;
+    int max_t;
+    int q_stride;
+    int chunk;
+    int n_chunks;
+    float scale;
+} DecodeParams;
 
 #endif

@@ -3,7 +3,7 @@
 # repository root, with gpu-bundle/ built here by scripts/gpu-bundle.sh.
 # In under 8 minutes it runs every GPU test, times each kernel (CUDA events,
 # warm-up, median of repeats, inputs larger than L2) and a short dense
-# training run, and writes one report: $OUT/report.md and $OUT/report.json
+# training run and inference throughput, and writes one report: $OUT/report.md and $OUT/report.json
 # (plus every step's full log under $OUT/logs/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +63,8 @@ step train-dense-tiny 120 $B/bin/switchyard train --device cuda --quiet --set mo
     --set train.steps=300 --out "$OUT/run-dense-tiny"
 step bench-dense-small 90 $B/bin/switchyard bench --device cuda --preset small --set model.moe_every=0 \
     --steps 20 --json "$OUT/bench-dense-small.json"
+step bench-generate 90 $B/bin/switchyard bench --generate --device cuda --preset small --set model.moe_every=0 \
+    --batch-sizes 1,8,64 --json "$OUT/bench-generate.json"
 
 {
     echo
@@ -83,6 +85,10 @@ step bench-dense-small 90 $B/bin/switchyard bench --device cuda --preset small -
     echo "## dense small: step time"
     echo '```'
     tail -3 "$OUT/logs/bench-dense-small.log"
+    echo '```'
+    echo "## dense small: prefill / decode tokens/s"
+    echo '```'
+    tail -5 "$OUT/logs/bench-generate.log"
     echo '```'
 } >> "$md"
 (IFS=,; echo "{\"steps\": [${steps_json[*]}]}") > "$OUT/report.json"

@@ -9,11 +9,13 @@
 //!   loss floor), text and token-file loaders.
 //! - [`model`]: parameters, forward and backward.
 //! - [`train`]: optimizer, schedule, training loop, checkpoints, metrics.
+//! - [`infer`]: KV cache, batched generation, sampling.
 
 pub mod backend;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod infer;
 pub mod model;
 pub mod train;
 

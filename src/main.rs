@@ -47,7 +47,10 @@ enum Cmd {
     Train(TrainArgs),
     /// Evaluate a checkpoint on the validation split: loss, perplexity, router statistics.
     Eval(EvalArgs),
-    /// Time training steps (forward + backward + AdamW) on random tokens: median step time and tokens/s.
+    /// Generate text from a checkpoint: KV-cached, streamed for one prompt, batched JSONL for many.
+    Generate(GenerateArgs),
+    /// Time training steps (forward + backward + AdamW) on random tokens, or with --generate
+    /// prefill and decode tokens/s.
     Bench(BenchArgs),
     /// The embedded CUDA kernels: registers, spills, shared memory and occupancy per kernel (from ptxas).
     Kernels {
@@ -136,6 +139,53 @@ struct EvalArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Per-layer routing statistics: which experts the tokens of each synthetic
+    /// domain reach (a domain x expert table), or for text the most frequent
+    /// tokens per expert.
+    #[arg(long)]
+    stats: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint directory or run directory (uses its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// One prompt; the completion streams to stdout as it is produced. For models
+    /// trained on the synthetic corpus, space-separated token ids, e.g. "3 17 22".
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    prompt: Option<String>,
+    /// A file with one prompt per line, generated together as one batch;
+    /// writes one JSON line per prompt (to stdout, or --out).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// New tokens per prompt (prompt + new tokens must fit model.max_seq_len).
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    temperature: f64,
+    /// Sample from the k most likely tokens only (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling: the smallest set of most likely tokens with probability >= p, in (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    top_p: f64,
+    /// Random seed; prompt i samples from stream (seed, i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// MoE routing: dropless (default: a token's output never depends on the rest of the
+    /// batch) or capacity (the config's eval capacity factor per call).
+    #[arg(long, default_value = "dropless")]
+    routing: String,
+    /// Expert load of every step per MoE layer (stderr for one prompt, in the JSON for many).
+    #[arg(long)]
+    stats: bool,
+    /// Write the JSON lines here instead of stdout (with --prompts).
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -153,6 +203,18 @@ struct BenchArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Time inference instead: prefill and KV-cached decode tokens/s per batch size.
+    #[arg(long)]
+    generate: bool,
+    /// Batch sizes of --generate (comma-separated).
+    #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
+    batch_sizes: Vec<usize>,
+    /// Prompt tokens per sequence for --generate.
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    /// New tokens per sequence for --generate.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -164,6 +226,9 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
         bail!("--steps 0: time at least one step");
     }
     let dev = backend(&a.device, &cfg)?;
+    if a.generate {
+        return bench_generate(&dev, &cfg, &a);
+    }
     let r = on_device!(&dev, |be| switchyard::train::bench::train_steps(be, &cfg, a.warmup, a.steps))?;
     println!(
         "{}: median step {:.2} ms (min {:.2}, max {:.2}) over {} steps, {:.0} tokens/s, {:.1} GFLOP/s of matmul-equivalent work ({} tokens/step, {})",
@@ -388,10 +453,12 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
     let dev = backend(&a.device, &cfg)?;
     let ck = checkpoint::load(&dir, &cfg, false)?;
     let data = Dataset::open(&cfg)?;
-    let mut rec = on_device!(&dev, |be| {
+    let (mut rec, routing) = on_device!(&dev, |be| {
         let mut model = Model::new(be, &cfg)?;
         checkpoint::restore(be, &ck, &mut model, None);
-        train::evaluate(be, &mut model, &data, batches)?
+        let rec = train::evaluate(be, &mut model, &data, batches)?;
+        let routing = if a.stats { train::routing::routing_stats(be, &mut model, &data, batches)? } else { Vec::new() };
+        (rec, routing)
     });
     rec.step = ck.step;
     let info = data.info();
@@ -400,6 +467,9 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
         v["checkpoint"] = serde_json::json!(dir.display().to_string());
         v["loss_floor"] = serde_json::json!(info.loss_floor);
         v["unigram_entropy"] = serde_json::json!(info.unigram_entropy);
+        if a.stats {
+            v["routing"] = serde_json::to_value(&routing)?;
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -426,6 +496,260 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
             shares.join(" ")
         );
     }
+    if a.stats {
+        print_routing(&routing, &data, cfg.model.moe_every == 0);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `eval --stats` tables.
+fn print_routing(routing: &[switchyard::train::routing::LayerRouting], data: &Dataset, dense: bool) {
+    if dense {
+        println!("routing: this is a dense model (model.moe_every = 0); there are no experts to report");
+        return;
+    }
+    for l in routing {
+        let total: u64 = l.per_expert.iter().sum();
+        if !l.by_domain.is_empty() {
+            println!(
+                "layer {:>2}: share of each domain's kept assignments per expert (%), and its top expert",
+                l.layer
+            );
+            let head: Vec<String> = (0..l.per_expert.len()).map(|e| format!("{:>5}", format!("e{e}"))).collect();
+            println!("  domain {}  top", head.join(""));
+            for (dm, row) in l.by_domain.iter().enumerate() {
+                let n: u64 = row.iter().sum::<u64>().max(1);
+                let cells: Vec<String> = row.iter().map(|&c| format!("{:>5.1}", 100.0 * c as f64 / n as f64)).collect();
+                let (top, &c) = row.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).unwrap();
+                println!("  {dm:>6} {}  e{top} ({:.0}%)", cells.join(""), 100.0 * c as f64 / n as f64);
+            }
+        } else {
+            println!("layer {:>2}: most frequent tokens per expert (share of the expert's assignments)", l.layer);
+            for (e, top) in l.top_tokens.iter().enumerate() {
+                let n = l.per_expert[e].max(1) as f64;
+                let toks: Vec<String> = top
+                    .iter()
+                    .map(|&(t, c)| format!("{:?} {:.0}%", data.tokenizer().decode(&[t]), 100.0 * c as f64 / n))
+                    .collect();
+                println!(
+                    "  e{e:<3} {:>5.1}% of tokens: {}",
+                    100.0 * l.per_expert[e] as f64 / total.max(1) as f64,
+                    toks.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// Prompt text <-> token ids for a model: space-separated ids for the
+/// synthetic corpus (its tokens have no text), else the data's tokenizer.
+enum PromptCodec {
+    Ids { vocab: usize },
+    Text(switchyard::data::Tokenizer),
+}
+
+impl PromptCodec {
+    fn for_config(cfg: &Config) -> Result<PromptCodec> {
+        if cfg.data.source == "synthetic" {
+            return Ok(PromptCodec::Ids { vocab: cfg.model.vocab_size });
+        }
+        Ok(PromptCodec::Text(switchyard::data::Tokenizer::from_spec(&cfg.data.tokenizer)?))
+    }
+
+    fn encode(&self, text: &str, what: &str) -> Result<Vec<u32>> {
+        match self {
+            PromptCodec::Ids { vocab } => text
+                .split_whitespace()
+                .map(|w| match w.parse::<u32>() {
+                    Ok(id) if (id as usize) < *vocab => Ok(id),
+                    _ => bail!(
+                        "{what}: {w:?} is not a token id below {vocab}; this model was trained on the synthetic \
+                         corpus, whose tokens are ids: give the prompt as space-separated ids, e.g. \"3 17 22\""
+                    ),
+                })
+                .collect(),
+            PromptCodec::Text(t) => Ok(t.encode(text).with_context(|| format!("{what}: cannot encode"))?),
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            PromptCodec::Ids { .. } => ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "),
+            PromptCodec::Text(t) => t.decode(ids),
+        }
+    }
+}
+
+fn parse_routing(s: &str, cfg: &Config) -> Result<switchyard::infer::Routing> {
+    use switchyard::infer::Routing;
+    match s {
+        "dropless" => Ok(Routing::Dropless),
+        "capacity" => Ok(Routing::Capacity(cfg.model.eval_capacity_factor)),
+        other => bail!("--routing {other}: use dropless or capacity"),
+    }
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
+    use std::io::Write as _;
+    use switchyard::infer::generate::{generate, GenOptions};
+    use switchyard::infer::sample::Sampler;
+    let dir = checkpoint::resolve(&a.checkpoint)?;
+    let cfg = checkpoint::read_config(&dir)?;
+    let sampler = Sampler { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
+    sampler.validate()?;
+    let codec = PromptCodec::for_config(&cfg)?;
+    let texts: Vec<String> = match (&a.prompt, &a.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --prompts {} (one prompt per line)", path.display()))?;
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            if let Some(i) = lines.iter().position(|l| l.trim().is_empty()) {
+                bail!("--prompts {}: line {} is empty; give one non-empty prompt per line", path.display(), i + 1);
+            }
+            lines
+        }
+        (None, None) => bail!("give --prompt TEXT or --prompts FILE"),
+    };
+    let prompts: Vec<Vec<u32>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| codec.encode(t, &if texts.len() == 1 { "--prompt".to_string() } else { format!("prompt {i}") }))
+        .collect::<Result<_>>()?;
+    let opts = GenOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampler,
+        seed: a.seed,
+        routing: parse_routing(&a.routing, &cfg)?,
+        stats: a.stats,
+    };
+    switchyard::infer::generate::check_lengths(&prompts, opts.max_new_tokens, cfg.model.max_seq_len)?;
+    let ck = checkpoint::load(&dir, &cfg, false)?;
+    let dev = backend(&a.device, &cfg)?;
+    let single = prompts.len() == 1 && a.prompts.is_none();
+    // Streaming: print the decoded text's new suffix as tokens arrive (holding
+    // back a trailing partial UTF-8 character).
+    let mut ids: Vec<u32> = Vec::new();
+    let mut printed = String::new();
+    let mut stream = |_: usize, tok: u32| {
+        if !single {
+            return;
+        }
+        ids.push(tok);
+        let text = codec.decode(&ids);
+        if text.starts_with(&printed) && !text.ends_with(char::REPLACEMENT_CHARACTER) {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{}", &text[printed.len()..]);
+            let _ = out.flush();
+            printed = text;
+        }
+    };
+    let (gen, device) = on_device!(&dev, |be| {
+        let mut model = Model::new(be, &cfg)?;
+        checkpoint::restore(be, &ck, &mut model, None);
+        (generate(be, &model, &prompts, &opts, &mut stream)?, be.name())
+    });
+    if single {
+        let text = codec.decode(&gen.tokens[0]);
+        let rest = text.strip_prefix(printed.as_str()).unwrap_or("");
+        println!("{rest}");
+    } else {
+        let mut sink: Box<dyn std::io::Write> = match &a.out {
+            Some(p) => {
+                Box::new(std::fs::File::create(p).with_context(|| format!("cannot create --out {}", p.display()))?)
+            }
+            None => Box::new(std::io::stdout().lock()),
+        };
+        for (i, toks) in gen.tokens.iter().enumerate() {
+            let mut v = serde_json::json!({
+                "index": i,
+                "prompt": texts[i],
+                "completion": codec.decode(toks),
+                "prompt_tokens": prompts[i].len(),
+                "tokens": toks,
+            });
+            if a.stats {
+                v["prefill_expert_load"] = serde_json::to_value(&gen.prefill_load[i])?;
+            }
+            writeln!(sink, "{v}")?;
+        }
+        if a.stats {
+            writeln!(sink, "{}", serde_json::json!({ "decode_expert_load": gen.step_load }))?;
+        }
+    }
+    if a.stats && single {
+        for (step, load) in gen.step_load.iter().enumerate() {
+            let layers: Vec<String> = load
+                .iter()
+                .map(|l| {
+                    let used: Vec<String> =
+                        l.kept.iter().enumerate().filter(|(_, &c)| c > 0.0).map(|(e, _)| format!("e{e}")).collect();
+                    format!("layer {}: {}", l.layer, used.join(" "))
+                })
+                .collect();
+            eprintln!("step {:>3}: {}", step + 2, layers.join("; "));
+        }
+    }
+    eprintln!(
+        "{} prompt(s) on {device}: prefill {} tokens at {:.0} tokens/s; decode {} tokens at {:.0} tokens/s \
+         (batch {}); KV cache {:.1} MiB",
+        prompts.len(),
+        gen.prefill_tokens,
+        gen.prefill_tokens_per_s(),
+        gen.decode_tokens,
+        gen.decode_tokens_per_s(),
+        prompts.len(),
+        gen.kv_cache_bytes as f64 / (1024.0 * 1024.0)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --generate`: prefill and decode throughput of a freshly initialized
+/// model per batch size (speed does not depend on the weights).
+fn bench_generate(dev: &Device, cfg: &Config, a: &BenchArgs) -> Result<ExitCode> {
+    use switchyard::infer::generate::{generate, GenOptions};
+    use switchyard::infer::sample::Sampler;
+    if a.batch_sizes.is_empty() || a.batch_sizes.contains(&0) {
+        bail!("--batch-sizes: give positive sizes, e.g. 1,8,64");
+    }
+    let mut rows = Vec::new();
+    println!(
+        "{:>6} {:>8} {:>8} {:>14} {:>14} {:>10}",
+        "batch", "prompt", "new", "prefill tok/s", "decode tok/s", "KV MiB"
+    );
+    for &b in &a.batch_sizes {
+        let v = cfg.model.vocab_size as u32;
+        let prompts: Vec<Vec<u32>> =
+            (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 131 + j * 7) as u32) % v).collect()).collect();
+        let opts = GenOptions {
+            max_new_tokens: a.new_tokens,
+            sampler: Sampler { temperature: 0.0, ..Sampler::default() },
+            ..GenOptions::default()
+        };
+        let (g, device) = on_device!(dev, |be| {
+            let model = Model::new(be, cfg)?;
+            (generate(be, &model, &prompts, &opts, &mut |_, _| {})?, be.name())
+        });
+        println!(
+            "{:>6} {:>8} {:>8} {:>14.0} {:>14.0} {:>10.1}",
+            b,
+            a.prompt_len,
+            a.new_tokens,
+            g.prefill_tokens_per_s(),
+            g.decode_tokens_per_s(),
+            g.kv_cache_bytes as f64 / (1024.0 * 1024.0)
+        );
+        rows.push(serde_json::json!({
+            "batch": b, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
+            "prefill_tokens_per_s": g.prefill_tokens_per_s(), "decode_tokens_per_s": g.decode_tokens_per_s(),
+            "kv_cache_bytes": g.kv_cache_bytes, "device": device,
+        }));
+    }
+    if let Some(path) = &a.json {
+        let doc = serde_json::json!({ "commit": switchyard::GIT_COMMIT, "results": rows });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -443,6 +767,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Generate(a) => cmd_generate(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Kernels { json } => cmd_kernels(json),
         Cmd::Config { preset } => match Config::preset(&preset) {

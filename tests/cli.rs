@@ -217,3 +217,65 @@ fn kernels_command_reports_ptxas_resources() {
         assert!(stderr(&o).contains("no embedded CUDA kernels"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn generate_streams_batches_and_refuses_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap().to_string();
+    let mut a = args(&["train", "--quiet", "--out", &o]);
+    a.extend(sets(&["train.steps=4", "train.eval_every=0"]));
+    let r = run(&a);
+    assert!(r.status.success(), "{}", stderr(&r));
+    // One prompt, greedy: five ids on stdout, the same twice.
+    let gen = |extra: &[&str]| {
+        let mut a = args(&["generate", "--checkpoint", &o]);
+        a.extend(args(extra));
+        run(&a)
+    };
+    let r = gen(&["--prompt", "1 2 3", "--max-new-tokens", "5", "--temperature", "0"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let text = String::from_utf8_lossy(&r.stdout).trim().to_string();
+    let ids: Vec<u32> = text.split_whitespace().map(|w| w.parse().expect("ids")).collect();
+    assert_eq!(ids.len(), 5, "{text}");
+    assert!(stderr(&r).contains("decode 4 tokens") && stderr(&r).contains("KV cache"), "{}", stderr(&r));
+    let again = gen(&["--prompt", "1 2 3", "--max-new-tokens", "5", "--temperature", "0"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), text);
+    // Many prompts: one JSON line each, batched.
+    let pf = dir.path().join("prompts.txt");
+    std::fs::write(&pf, "1 2 3\n40\n100 101 102 103\n").unwrap();
+    let r = gen(&["--prompts", pf.to_str().unwrap(), "--max-new-tokens", "4", "--seed", "3", "--stats"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 4, "3 completions + the decode expert load");
+    for (i, l) in lines[..3].iter().enumerate() {
+        assert_eq!(l["index"], i);
+        assert_eq!(l["tokens"].as_array().unwrap().len(), 4);
+    }
+    assert_eq!(lines[3]["decode_expert_load"].as_array().unwrap().len(), 3, "3 decode steps");
+    // Bad requests.
+    let pf_empty = dir.path().join("empty-line.txt");
+    std::fs::write(&pf_empty, "1 2\n\n3\n").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--prompt", "1 2", "--top-p", "0"], "--top-p 0"),
+        (vec!["--prompt", "1 2", "--top-p", "1.5"], "(0, 1]"),
+        (vec!["--prompt", "1 2", "--temperature", "-1"], "--temperature -1"),
+        (vec!["--prompt", "1 x"], "\"x\" is not a token id below 256"),
+        (vec!["--prompt", "1 2", "--max-new-tokens", "100"], "at most 30 new tokens fit"),
+        (vec!["--prompts", pf_empty.to_str().unwrap()], "line 2 is empty"),
+        (vec!["--prompt", "1", "--routing", "fast"], "--routing fast"),
+    ];
+    for (extra, want) in cases {
+        let r = gen(&extra);
+        assert_eq!(r.status.code(), Some(1), "{extra:?}");
+        assert!(stderr(&r).contains(want), "{extra:?}: {}", stderr(&r));
+    }
+    let r = run(&args(&["generate", "--checkpoint", "/nonexistent/run", "--prompt", "1"]));
+    assert!(stderr(&r).contains("does not exist"), "{}", stderr(&r));
+    // eval --stats: the domain x expert table.
+    let r = run(&args(&["eval", "--checkpoint", &o, "--batches", "1", "--stats"]));
+    assert!(r.status.success(), "{}", stderr(&r));
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains("share of each domain's kept assignments per expert") && text.contains("top"), "{text}");
+}

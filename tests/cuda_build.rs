@@ -131,9 +131,13 @@ fn attention_sass_uses_tensor_cores() {
         common::skip("attention_sass_uses_tensor_cores", "no cuobjdump (run scripts/cuda-toolchain.sh)");
         return;
     };
+    // The matmul-class kernels: forward, dK/dV and dQ (not delta, the KV
+    // append or the fp32 decode, which are CUDA-core work).
     let mma_kernels: Vec<_> = kernels::ALL
         .iter()
-        .filter(|k| k.family == "attention" && k.name != kernels::ATTENTION_BWD_DELTA.name)
+        .filter(|k| {
+            ["attention_fwd_hd", "attention_bwd_dkdv_hd", "attention_bwd_dq_hd"].iter().any(|p| k.name.starts_with(p))
+        })
         .collect();
     assert_eq!(mma_kernels.len(), 9, "three passes x three head dims");
     for k in mma_kernels {

@@ -374,3 +374,43 @@ fn unsupported_shapes_are_refused_before_launch() {
     let e = g.check().unwrap_err().to_string();
     assert!(e.contains("head_dim 96"), "{e}");
 }
+
+#[test]
+fn inference_kernels_match() {
+    let Some((g, c)) = gpu("inference_kernels_match") else { return };
+    let mut r = common::rng(110);
+    // (sequences, heads, head_dim, max_t, lengths): single key, ragged chunks,
+    // lengths past one 256-key chunk.
+    let cases: [(usize, usize, usize, usize, &[i32]); 3] =
+        [(1, 1, 32, 8, &[1]), (3, 2, 64, 40, &[1, 17, 40]), (2, 4, 128, 600, &[300, 599])];
+    for (n_seq, h, hd, max_t, lens) in cases {
+        let d = h * hd;
+        // Caches hold earlier keys; append the newest one (position lens-1) from qkv.
+        let (kc0, vc0) = (common::normal(&mut r, n_seq * max_t * d), common::normal(&mut r, n_seq * max_t * d));
+        let qkv = common::normal(&mut r, n_seq * 3 * d);
+        let slots: Vec<i32> = lens.iter().enumerate().map(|(s, &l)| (s * max_t) as i32 + l - 1).collect();
+        let (mut kc, mut vc) = (kc0.clone(), vc0.clone());
+        c.kv_append(&mut kc, &mut vc, &qkv, &slots, n_seq, h, hd);
+        let mut out = vec![0.0; n_seq * d];
+        c.attention_decode(&mut out, &qkv, &kc, &vc, &lens.to_vec(), n_seq, h, hd, max_t);
+        let (mut gk, mut gv, gq) = (up(&g, &kc0), up(&g, &vc0), up(&g, &qkv));
+        g.kv_append(&mut gk, &mut gv, &gq, &up_i(&g, &slots), n_seq, h, hd);
+        assert_eq!(g.download(&gk), kc, "kv_append keys are copies");
+        assert_eq!(g.download(&gv), vc, "kv_append values are copies");
+        let mut go = poisoned(&g, n_seq * d);
+        g.attention_decode(&mut go, &gq, &gk, &gv, &up_i(&g, lens), n_seq, h, hd, max_t);
+        assert_close(&format!("attention_decode {n_seq}x{h}x{hd} lens {lens:?}"), &g.download(&go), &out, F32_BOUND);
+        g.check().unwrap();
+    }
+    // Embedding at explicit positions.
+    let (n, d, v, max_t) = (5, 48, 40, 9);
+    let tokens = common::tokens(&mut r, n, v);
+    let positions = vec![0, 8, 3, 3, 1];
+    let (wte, wpe) = (common::normal(&mut r, v * d), common::normal(&mut r, max_t * d));
+    let mut want = vec![0.0; n * d];
+    c.embedding_at(&mut want, &tokens, &positions, &wte, &wpe, n, d);
+    let mut go = poisoned(&g, n * d);
+    g.embedding_at(&mut go, &up_i(&g, &tokens), &up_i(&g, &positions), &up(&g, &wte), &up(&g, &wpe), n, d);
+    assert_eq!(g.download(&go), want, "embedding_at: one fp32 add per element");
+    g.check().unwrap();
+}

@@ -89,11 +89,11 @@ impl RouterStats {
 
 /// The op set. `Buf` holds f32 values, `IBuf` holds i32 values (token ids,
 /// expert indices, row maps). Buffers live wherever the backend computes.
-pub trait Backend {
+pub trait Backend: Sync {
     /// An f32 buffer.
-    type Buf;
+    type Buf: Send + Sync;
     /// An i32 buffer.
-    type IBuf;
+    type IBuf: Send + Sync;
 
     /// Human-readable device name, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
@@ -102,6 +102,18 @@ pub trait Backend {
     /// kinds) with an error naming the setting and the fix, before any launch.
     fn supports(&self, _cfg: &Config) -> Result<()> {
         Ok(())
+    }
+
+    /// Run `f` with this backend's workers at hand. The CPU backend runs it
+    /// inside its thread pool, so the ops `f` issues run inline instead of
+    /// handing each one to the pool (a decode loop issues thousands of small
+    /// ops; the hand-off, not the arithmetic, was most of its time). Device
+    /// backends just call `f`.
+    fn session<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R
+    where
+        Self: Sized,
+    {
+        f()
     }
 
     /// Wait for queued work and report the first deferred device error.
@@ -303,6 +315,63 @@ pub trait Backend {
         t: usize,
         h: usize,
         hd: usize,
+    );
+
+    // ---- inference (KV cache) ------------------------------------------
+
+    /// Inference embedding, each row at its own position:
+    /// `out[i] = wte[tokens[i]] + wpe[positions[i]]` (`=`).
+    ///
+    /// # Shapes
+    /// `tokens`, `positions`: `[n]`; `wte`: `[V, d]`; `wpe`: `[max_T, d]`; `out`: `[n, d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_at(
+        &self,
+        out: &mut Self::Buf,
+        tokens: &Self::IBuf,
+        positions: &Self::IBuf,
+        wte: &Self::Buf,
+        wpe: &Self::Buf,
+        n: usize,
+        d: usize,
+    );
+    /// Append to the KV cache: the k and v of `qkv` row `i` go to row
+    /// `slots[i]` of `k_cache` and `v_cache` (`=`; rows with a negative slot
+    /// are skipped).
+    ///
+    /// # Shapes
+    /// `qkv`: `[n, 3*h*hd]`; `slots`: `[n]`; caches: `[rows, h*hd]`.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_append(
+        &self,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        qkv: &Self::Buf,
+        slots: &Self::IBuf,
+        n: usize,
+        h: usize,
+        hd: usize,
+    );
+    /// Decode attention: sequence `s` has one query (the q third of `qkv` row
+    /// `s`), attending to its cached keys and values `0..lens[s]` (rows
+    /// `s*max_t ..` of the caches; the query is the newest position, so all
+    /// are visible). `out[s]` (`=`).
+    ///
+    /// # Shapes
+    /// `qkv`: `[n_seq, 3*h*hd]`; caches: `[n_seq*max_t, h*hd]`; `lens`:
+    /// `[n_seq]` (each in `1..=max_t`); `out`: `[n_seq, h*hd]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        out: &mut Self::Buf,
+        qkv: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        lens: &Self::IBuf,
+        n_seq: usize,
+        h: usize,
+        hd: usize,
+        max_t: usize,
     );
 
     // ---- router -------------------------------------------------------

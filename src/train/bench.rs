@@ -42,6 +42,10 @@ pub struct StepTiming {
 
 /// Time `steps` training steps after `warmup` untimed ones.
 pub fn train_steps<B: Backend>(be: &B, cfg: &Config, warmup: usize, steps: usize) -> Result<StepTiming> {
+    be.session(|| train_steps_in_session(be, cfg, warmup, steps))
+}
+
+fn train_steps_in_session<B: Backend>(be: &B, cfg: &Config, warmup: usize, steps: usize) -> Result<StepTiming> {
     cfg.validate()?;
     let mut model = Model::new(be, cfg)?;
     let mut opt = Optimizer::new(be, &model)?;

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod metrics;
 pub mod optimizer;
+pub mod routing;
 pub mod schedule;
 
 use std::io::Write;
@@ -89,6 +90,10 @@ fn to_i32(v: &[u32]) -> Vec<i32> {
 /// Evaluate `model` on `eval_batches` validation batches with the eval
 /// capacity factor.
 pub fn evaluate<B: Backend>(be: &B, model: &mut Model<B>, data: &Dataset, batches: usize) -> Result<EvalRecord> {
+    be.session(|| evaluate_in_session(be, model, data, batches))
+}
+
+fn evaluate_in_session<B: Backend>(be: &B, model: &mut Model<B>, data: &Dataset, batches: usize) -> Result<EvalRecord> {
     let (b, t) = (model.cfg.train.batch_size, model.cfg.train.seq_len);
     let mut x = vec![0u32; b * t];
     let mut y = vec![0u32; b * t];
@@ -138,6 +143,11 @@ fn prepare_run_dir(out: &Path, resuming_here: bool) -> Result<()> {
 
 /// Train `cfg` on backend `be`, writing the run into `opts.out`.
 pub fn train<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
+    // Inside the backend's session, every op runs inline on its workers.
+    be.session(|| train_in_session(be, cfg, opts))
+}
+
+fn train_in_session<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     cfg.validate()?;
     let resume_dir = opts.resume.as_deref().map(checkpoint::resolve).transpose()?;
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {

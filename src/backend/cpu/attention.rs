@@ -187,3 +187,56 @@ pub fn attention_bwd(
         }
     });
 }
+
+/// Append the k and v thirds of `qkv` rows to the caches at `slots` (negative: skip).
+pub fn kv_append(k_cache: &mut [f32], v_cache: &mut [f32], qkv: &[f32], slots: &[i32], n: usize, d: usize) {
+    for i in 0..n {
+        let Ok(slot) = usize::try_from(slots[i]) else { continue };
+        let row = &qkv[i * 3 * d..(i + 1) * 3 * d];
+        k_cache[slot * d..(slot + 1) * d].copy_from_slice(&row[d..2 * d]);
+        v_cache[slot * d..(slot + 1) * d].copy_from_slice(&row[2 * d..]);
+    }
+}
+
+/// Decode attention, one query per sequence against its cache (the oracle of
+/// `attention_decode_*` in kernels/attention.cu): `out[s]` for head `hh` is
+/// `softmax(scale * q . k_j) . v_j` over `j < lens[s]`. Each (sequence,
+/// head) is one task writing its own columns.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(
+    out: &mut [f32],
+    qkv: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    lens: &[i32],
+    n_seq: usize,
+    h: usize,
+    hd: usize,
+    max_t: usize,
+) {
+    let d = h * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out[..n_seq * d].par_chunks_mut(d).enumerate().for_each(|(s, o)| {
+        let len = usize::try_from(lens[s]).expect("lens are validated").clamp(1, max_t);
+        let mut w = vec![0.0f32; len];
+        for hh in 0..h {
+            let q = &qkv[s * 3 * d + hh * hd..s * 3 * d + (hh + 1) * hd];
+            for (j, wj) in w.iter_mut().enumerate() {
+                let k = &k_cache[(s * max_t + j) * d + hh * hd..(s * max_t + j) * d + (hh + 1) * hd];
+                *wj = fastmath::dot(q, k) * scale;
+            }
+            let mx = fastmath::max(&w);
+            let sum = fastmath::exp_in_place_sum(&mut w, 1.0, mx);
+            let oh = &mut o[hh * hd..(hh + 1) * hd];
+            oh.fill(0.0);
+            for (j, &wj) in w.iter().enumerate() {
+                let v = &v_cache[(s * max_t + j) * d + hh * hd..(s * max_t + j) * d + (hh + 1) * hd];
+                for c in 0..hd {
+                    oh[c] += wj * v[c];
+                }
+            }
+            let inv = 1.0 / sum;
+            oh.iter_mut().for_each(|x| *x *= inv);
+        }
+    });
+}

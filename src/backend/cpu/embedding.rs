@@ -18,6 +18,19 @@ pub fn embedding_fwd(out: &mut [f32], tokens: &[i32], wte: &[f32], wpe: &[f32], 
     });
 }
 
+/// `out[i] = wte[tokens[i]] + wpe[positions[i]]` (inference: each row at its own position).
+pub fn embedding_at(out: &mut [f32], tokens: &[i32], positions: &[i32], wte: &[f32], wpe: &[f32], n: usize, d: usize) {
+    out[..n * d].par_chunks_mut(d).enumerate().for_each(|(i, o)| {
+        let tok = index_of(tokens[i]).expect("token ids are validated before upload");
+        let pos = index_of(positions[i]).expect("positions are validated before upload");
+        let e = &wte[tok * d..(tok + 1) * d];
+        let p = &wpe[pos * d..(pos + 1) * d];
+        for j in 0..d {
+            o[j] = e[j] + p[j];
+        }
+    });
+}
+
 /// `dwte[tokens[n]] += dout[n]`, `dwpe[t] += dout[b*T + t]`, rows in order.
 pub fn embedding_bwd(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[i32], b: usize, t: usize, d: usize) {
     for n in 0..b * t {

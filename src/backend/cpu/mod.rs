@@ -104,6 +104,10 @@ impl Backend for Cpu {
     type Buf = Vec<f32>;
     type IBuf = Vec<i32>;
 
+    fn session<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
     }
@@ -281,6 +285,47 @@ impl Backend for Cpu {
         d: usize,
     ) {
         self.run(|| embedding::embedding_bwd(dwte, dwpe, dout, tokens, b, t, d));
+    }
+
+    fn embedding_at(
+        &self,
+        out: &mut Vec<f32>,
+        tokens: &Vec<i32>,
+        positions: &Vec<i32>,
+        wte: &Vec<f32>,
+        wpe: &Vec<f32>,
+        n: usize,
+        d: usize,
+    ) {
+        self.run(|| embedding::embedding_at(out, tokens, positions, wte, wpe, n, d));
+    }
+
+    fn kv_append(
+        &self,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        slots: &Vec<i32>,
+        n: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        attention::kv_append(k_cache, v_cache, qkv, slots, n, h * hd);
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        lens: &Vec<i32>,
+        n_seq: usize,
+        h: usize,
+        hd: usize,
+        max_t: usize,
+    ) {
+        self.run(|| attention::attention_decode(out, qkv, k_cache, v_cache, lens, n_seq, h, hd, max_t));
     }
 
     fn attention_fwd(

@@ -10,8 +10,11 @@ use super::kernels::{
     ATTENTION_BWD_DQ_HD128, ATTENTION_BWD_DQ_HD32, ATTENTION_BWD_DQ_HD64, ATTENTION_FWD_HD128, ATTENTION_FWD_HD32,
     ATTENTION_FWD_HD64,
 };
-use super::params::AttentionParams;
-use super::{Cuda, CudaBuf};
+use super::kernels::{
+    ATTENTION_DECODE_HD128, ATTENTION_DECODE_HD32, ATTENTION_DECODE_HD64, ATTENTION_DECODE_REDUCE, ATTENTION_KV_APPEND,
+};
+use super::params::{AttentionParams, DecodeParams};
+use super::{grid_1d, Cuda, CudaBuf, CudaIBuf};
 
 /// Head dimensions with a compiled kernel.
 pub const HEAD_DIMS: [usize; 3] = [32, 64, 128];
@@ -108,6 +111,10 @@ fn params(s: &Shape) -> AttentionParams {
 pub(super) fn block_of(name: &str) -> u32 {
     if name == ATTENTION_BWD_DELTA.name {
         DELTA_BLOCK
+    } else if name == ATTENTION_KV_APPEND.name {
+        APPEND_BLOCK
+    } else if name.contains("_decode") {
+        DECODE_BLOCK
     } else if name.contains("_fwd_") {
         FWD_BLOCK
     } else {
@@ -159,6 +166,88 @@ pub(super) fn bwd(
     let (tile, block) = bwd_tile(s.hd);
     cu.launch(kdkdv, grid(&s, tile), block, 0, p);
     cu.launch(kdq, grid(&s, tile), block, 0, p);
+}
+
+/// Keys per decode chunk: the sequence is split into chunks of this many keys,
+/// one CTA each, then reduced in chunk order (deterministic split-K). 256
+/// keys give long contexts many CTAs (64 chunks at 16k) while a short
+/// context stays one chunk.
+const DECODE_CHUNK: usize = 256;
+/// Threads per decode CTA (4 warps) and per reduce CTA.
+const DECODE_BLOCK: u32 = 128;
+/// Threads per block of the KV append (grid-stride copy).
+const APPEND_BLOCK: u32 = 256;
+
+/// Append the k and v of `n` qkv rows to the caches at `slots`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn kv_append(
+    cu: &Cuda,
+    k_cache: &mut CudaBuf,
+    v_cache: &mut CudaBuf,
+    qkv: &CudaBuf,
+    slots: &CudaIBuf,
+    (n, h, hd): (usize, usize, usize),
+) {
+    let d = h * hd;
+    assert!(qkv.len() >= n * 3 * d && slots.len() >= n && k_cache.len() == v_cache.len(), "kv_append: shapes");
+    let p = DecodeParams {
+        k_cache: cu.out(k_cache),
+        v_cache: cu.out(v_cache),
+        qkv: cu.ptr(&qkv.data),
+        slots: cu.ptr(&slots.data),
+        n: n as i32,
+        h: h as i32,
+        hd: hd as i32,
+        ..Default::default()
+    };
+    cu.launch(ATTENTION_KV_APPEND, (grid_1d(n * d, APPEND_BLOCK), 1, 1), APPEND_BLOCK, 0, p);
+}
+
+/// One query per sequence against its cache: chunked scores, then the
+/// in-order reduction.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn decode(
+    cu: &Cuda,
+    out: &mut CudaBuf,
+    qkv: &CudaBuf,
+    k_cache: &CudaBuf,
+    v_cache: &CudaBuf,
+    lens: &CudaIBuf,
+    (n_seq, h, hd, max_t): (usize, usize, usize, usize),
+) {
+    let d = h * hd;
+    assert!(qkv.len() >= n_seq * 3 * d && out.len() >= n_seq * d && lens.len() >= n_seq, "attention_decode: shapes");
+    assert!(k_cache.len() >= n_seq * max_t * d && v_cache.len() >= n_seq * max_t * d, "attention_decode: cache");
+    let kernel = match hd {
+        32 => ATTENTION_DECODE_HD32,
+        64 => ATTENTION_DECODE_HD64,
+        128 => ATTENTION_DECODE_HD128,
+        _ => return cu.refuse("attention_decode", format!("head_dim {hd} has no kernel; supported: {HEAD_DIMS:?}")),
+    };
+    if n_seq == 0 {
+        return;
+    }
+    let n_chunks = max_t.div_ceil(DECODE_CHUNK).max(1);
+    let p = DecodeParams {
+        k_cache: cu.ptr(&k_cache.data),
+        v_cache: cu.ptr(&v_cache.data),
+        q: cu.ptr(&qkv.data),
+        lens: cu.ptr(&lens.data),
+        part_o: cu.scratch_f32("decode.part_o", n_seq * h * n_chunks * hd),
+        part_ml: cu.scratch_f32("decode.part_ml", n_seq * h * n_chunks * 2),
+        out: cu.out(out),
+        n_seq: n_seq as i32,
+        h: h as i32,
+        hd: hd as i32,
+        max_t: max_t as i32,
+        q_stride: (3 * d) as i32,
+        chunk: DECODE_CHUNK as i32,
+        n_chunks: n_chunks as i32,
+        scale: 1.0 / (hd as f32).sqrt(),
+        ..Default::default()
+    };
+    cu.launch(kernel, (n_chunks as u32, h as u32, n_seq as u32), DECODE_BLOCK, 0, p);
+    cu.launch(ATTENTION_DECODE_REDUCE, (h as u32, n_seq as u32, 1), DECODE_BLOCK, 0, p);
 }
 
 impl Cuda {

@@ -28,12 +28,41 @@ pub(super) fn fwd(
     let p = EmbeddingParams {
         out: cu.out(out),
         tokens: cu.ptr(&tokens.data),
+        positions: 0,
         wte: cu.ptr(&wte.data),
         wpe: cu.ptr(&wpe.data),
         b: b as i32,
         t: t as i32,
         d: d as i32,
         vocab: (wte.len() / d.max(1)) as i32,
+        max_t: (wpe.len() / d.max(1)) as i32,
+    };
+    cu.launch(EMBEDDING_FWD, (n.div_ceil(FWD_ROWS_PER_BLOCK) as u32, 1, 1), BLOCK, 0, p);
+}
+
+/// `out[i] = wte[tokens[i]] + wpe[positions[i]]` (inference).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn at(
+    cu: &Cuda,
+    out: &mut CudaBuf,
+    tokens: &CudaIBuf,
+    positions: &CudaIBuf,
+    wte: &CudaBuf,
+    wpe: &CudaBuf,
+    (n, d): (usize, usize),
+) {
+    assert!(out.len() >= n * d && tokens.len() >= n && positions.len() >= n, "embedding_at: shapes");
+    let p = EmbeddingParams {
+        out: cu.out(out),
+        tokens: cu.ptr(&tokens.data),
+        positions: cu.ptr(&positions.data),
+        wte: cu.ptr(&wte.data),
+        wpe: cu.ptr(&wpe.data),
+        b: 1,
+        t: n.max(1) as i32,
+        d: d as i32,
+        vocab: (wte.len() / d.max(1)) as i32,
+        max_t: (wpe.len() / d.max(1)) as i32,
     };
     cu.launch(EMBEDDING_FWD, (n.div_ceil(FWD_ROWS_PER_BLOCK) as u32, 1, 1), BLOCK, 0, p);
 }

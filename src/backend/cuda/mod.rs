@@ -29,10 +29,9 @@ mod norm;
 mod optim;
 pub mod params;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -212,10 +211,10 @@ pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: cudarc::cublas::CudaBlas,
-    modules: RefCell<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: RefCell<HashMap<&'static str, CudaFunction>>,
-    scratch: RefCell<Scratch>,
-    error: RefCell<Option<String>>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    scratch: Mutex<Scratch>,
+    error: Mutex<Option<String>>,
     label: String,
     sync_every_launch: bool,
 }
@@ -245,10 +244,10 @@ impl Cuda {
             ctx,
             stream,
             blas,
-            modules: RefCell::default(),
-            functions: RefCell::default(),
-            scratch: RefCell::default(),
-            error: RefCell::new(None),
+            modules: Mutex::default(),
+            functions: Mutex::default(),
+            scratch: Mutex::default(),
+            error: Mutex::new(None),
             label,
             sync_every_launch,
         })
@@ -268,7 +267,7 @@ impl Cuda {
     }
 
     fn check_error(&self) -> Result<()> {
-        match &*self.error.borrow() {
+        match &*self.error.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(Error::Backend(e.clone())),
             None => Ok(()),
         }
@@ -276,14 +275,14 @@ impl Cuda {
 
     /// Record the first failure; later ops become no-ops until it is reported.
     fn fail(&self, msg: String) {
-        let mut e = self.error.borrow_mut();
+        let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if e.is_none() {
             *e = Some(msg);
         }
     }
 
     fn failed(&self) -> bool {
-        self.error.borrow().is_some()
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// Refuse an op whose shapes the kernels do not support (a programming
@@ -293,11 +292,11 @@ impl Cuda {
     }
 
     fn function(&self, k: Kernel) -> std::result::Result<CudaFunction, String> {
-        if let Some(f) = self.functions.borrow().get(k.name) {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(k.name) {
             return Ok(f.clone());
         }
         let module = {
-            let mut modules = self.modules.borrow_mut();
+            let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
             match modules.get(k.family) {
                 Some(m) => m.clone(),
                 None => {
@@ -313,7 +312,7 @@ impl Cuda {
             }
         };
         let f = module.load_function(k.name).map_err(|e| format!("kernel {}: {e}", k.name))?;
-        self.functions.borrow_mut().insert(k.name, f.clone());
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(k.name, f.clone());
         Ok(f)
     }
 
@@ -358,7 +357,7 @@ impl Cuda {
 
     /// A scratch f32 buffer of at least `n` elements, by role.
     fn scratch_f32(&self, role: &'static str, n: usize) -> u64 {
-        let mut s = self.scratch.borrow_mut();
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let grow = s.f32s.get(role).is_none_or(|b| b.len() < n);
         if grow {
             match self.stream.alloc_zeros::<f32>(n.max(1)) {
@@ -375,7 +374,7 @@ impl Cuda {
     }
 
     fn scratch_u16(&self, role: &'static str, n: usize) -> u64 {
-        let mut s = self.scratch.borrow_mut();
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         if s.u16s.get(role).is_none_or(|b| b.len() < n) {
             match self.stream.alloc_zeros::<u16>(n.max(1)) {
                 Ok(b) => {
@@ -391,7 +390,7 @@ impl Cuda {
     }
 
     fn scratch_i32(&self, role: &'static str, n: usize) -> u64 {
-        let mut s = self.scratch.borrow_mut();
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         if s.i32s.get(role).is_none_or(|b| b.len() < n) {
             match self.stream.alloc_zeros::<i32>(n.max(1)) {
                 Ok(b) => {
@@ -737,6 +736,47 @@ impl Backend for Cuda {
         hd: usize,
     ) {
         attention::bwd(self, dqkv, dout, qkv, out, lse, attention::Shape { b, t, h, hd, causal: true });
+    }
+
+    fn embedding_at(
+        &self,
+        out: &mut CudaBuf,
+        tokens: &CudaIBuf,
+        positions: &CudaIBuf,
+        wte: &CudaBuf,
+        wpe: &CudaBuf,
+        n: usize,
+        d: usize,
+    ) {
+        embedding::at(self, out, tokens, positions, wte, wpe, (n, d));
+    }
+
+    fn kv_append(
+        &self,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        qkv: &CudaBuf,
+        slots: &CudaIBuf,
+        n: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        attention::kv_append(self, k_cache, v_cache, qkv, slots, (n, h, hd));
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut CudaBuf,
+        qkv: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        lens: &CudaIBuf,
+        n_seq: usize,
+        h: usize,
+        hd: usize,
+        max_t: usize,
+    ) {
+        attention::decode(self, out, qkv, k_cache, v_cache, lens, (n_seq, h, hd, max_t));
     }
 
     fn router_jitter(&self, _out: &mut CudaBuf, _mult: &mut CudaBuf, _x: &CudaBuf, _eps: f32, _seed: u64) {
