@@ -10,6 +10,9 @@
 //! - [`model`]: parameters, forward and backward.
 //! - [`train`]: optimizer, schedule, training loop, checkpoints, metrics.
 //! - [`infer`]: KV cache, batched generation, sampling.
+//! - [`sweep`]: experiment sweeps (axes -> points -> run directories -> results table).
+//! - [`plot`]: SVG/PNG plots of runs, sweeps and rooflines.
+//! - [`opbench`]: per-op throughput against measured ceilings (`switchyard bench --ops`).
 
 pub mod backend;
 pub mod config;
@@ -17,6 +20,9 @@ pub mod data;
 pub mod error;
 pub mod infer;
 pub mod model;
+pub mod opbench;
+pub mod plot;
+pub mod sweep;
 pub mod train;
 
 pub use config::Config;

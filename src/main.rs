@@ -52,6 +52,14 @@ enum Cmd {
     /// Time training steps (forward + backward + AdamW) on random tokens, or with --generate
     /// prefill and decode tokens/s.
     Bench(BenchArgs),
+    /// Run an experiment sweep (experiments/*.toml): every point trained into its own run
+    /// directory, resumable; writes results.jsonl, results.csv and plots.
+    Sweep(SweepArgs),
+    /// (Re)draw the plots of a run directory or a sweep directory (SVG and PNG, into DIR/plots).
+    Plot {
+        /// A run directory (has metrics.jsonl) or a sweep directory (has results.jsonl).
+        dir: PathBuf,
+    },
     /// The embedded CUDA kernels: registers, spills, shared memory and occupancy per kernel (from ptxas).
     Kernels {
         /// Print the table as JSON.
@@ -191,6 +199,32 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct SweepArgs {
+    /// The sweep file, e.g. experiments/capacity.toml.
+    file: PathBuf,
+    /// Sweep directory (default: runs/sweeps/<name>); re-running continues it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Data source for every point (a text file, directory, .u16 file or "synthetic").
+    #[arg(long)]
+    data: Option<String>,
+    /// Override a config key for every point (repeatable; the axes still win).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Multiply every point's train.steps (and eval/checkpoint cadence): grow a CPU-sized sweep.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// List the points and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
     cfg: ConfigArgs,
@@ -206,6 +240,23 @@ struct BenchArgs {
     /// Time inference instead: prefill and KV-cached decode tokens/s per batch size.
     #[arg(long)]
     generate: bool,
+    /// Time every op of the backend instead: one table of op, shape, time and TFLOP/s or GB/s
+    /// against ceilings measured in the same run (a large copy, a large GEMM), plus a roofline plot.
+    #[arg(long)]
+    ops: bool,
+    /// With --ops: only ops whose name contains this.
+    #[arg(long)]
+    op: Option<String>,
+    /// With --ops: shape override, e.g. --shape tokens=4096 (tokens, d_model, d_ff, n_head, vocab,
+    /// n_experts, top_k, seq; repeatable).
+    #[arg(long = "shape", value_name = "KEY=VALUE")]
+    shapes: Vec<String>,
+    /// With --ops: timed repeats per op (median reported).
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    /// With --ops: directory for the roofline plot (default runs/bench-ops-<UTC time>).
+    #[arg(long)]
+    plot_dir: Option<PathBuf>,
     /// Batch sizes of --generate (comma-separated).
     #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
     batch_sizes: Vec<usize>,
@@ -228,6 +279,9 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
     let dev = backend(&a.device, &cfg)?;
     if a.generate {
         return bench_generate(&dev, &cfg, &a);
+    }
+    if a.ops {
+        return bench_ops(&dev, &a);
     }
     let r = on_device!(&dev, |be| switchyard::train::bench::train_steps(be, &cfg, a.warmup, a.steps))?;
     println!(
@@ -753,6 +807,159 @@ fn bench_generate(dev: &Device, cfg: &Config, a: &BenchArgs) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bench --ops`: the per-op table against the ceilings of this run.
+fn bench_ops(dev: &Device, a: &BenchArgs) -> Result<ExitCode> {
+    use switchyard::opbench::{self, Shapes};
+    let mut shapes = Shapes::default();
+    for kv in &a.shapes {
+        shapes.apply(kv)?;
+    }
+    shapes.validate()?;
+    if a.repeats == 0 {
+        bail!("--repeats 0: time each op at least once");
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    let report = on_device!(dev, |be| opbench::run(be, &shapes, a.repeats, a.op.as_deref(), &mut |op: &str| {
+        bar.set_message(format!("timing {op}"));
+        bar.tick();
+    })?);
+    bar.finish_and_clear();
+    print!("{}", opbench::print_table(&report));
+    let dir = a.plot_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("bench-ops-{}", utc_stamp())));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json = a.json.clone().unwrap_or_else(|| dir.join("bench-ops.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let points: Vec<switchyard::plot::RooflinePoint> = report
+        .results
+        .iter()
+        .filter(|r| r.intensity.is_finite() && r.intensity > 0.0 && r.flops > 0.0)
+        .map(|r| switchyard::plot::RooflinePoint {
+            name: r.op.clone(),
+            intensity: r.intensity,
+            achieved: r.flops / (r.median_ms / 1e3),
+        })
+        .collect();
+    let files = switchyard::plot::roofline(
+        &dir.join("roofline"),
+        &format!("roofline on {}", report.device),
+        report.ceilings.gemm_flops,
+        report.ceilings.copy_bytes_per_s,
+        &points,
+    )?;
+    eprintln!(
+        "wrote {} and {}",
+        json.display(),
+        files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_plot(dir: &std::path::Path) -> Result<ExitCode> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory; give a run directory or a sweep directory", dir.display());
+    }
+    let files = if dir.join("results.jsonl").exists() {
+        let mut files = switchyard::plot::plot_sweep(dir)?;
+        // Each point's own plots too.
+        let text = std::fs::read_to_string(dir.join("results.jsonl"))?;
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            if let Some(run) = v["run_dir"].as_str() {
+                match switchyard::plot::plot_run(std::path::Path::new(run)) {
+                    Ok(f) => files.extend(f),
+                    Err(e) => eprintln!("warning: {run}: {e}"),
+                }
+            }
+        }
+        files
+    } else {
+        switchyard::plot::plot_run(dir)?
+    };
+    for f in &files {
+        println!("{}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct SweepBar {
+    bar: indicatif::ProgressBar,
+}
+
+impl switchyard::sweep::Progress for SweepBar {
+    fn point(&mut self, p: &switchyard::sweep::Point, skipped: bool) {
+        self.bar.set_message(format!("{}{}", p.label, if skipped { " (done before)" } else { "" }));
+    }
+    fn done(&mut self, p: &switchyard::sweep::Point, r: &switchyard::sweep::ResultRow) {
+        let mut line = format!("{:>2} {:<40} ", p.index, p.label);
+        match r.val_loss {
+            Some(v) => line.push_str(&format!("val {v:.4}")),
+            None => line.push_str(&format!("loss {:.4}", r.final_loss)),
+        }
+        if let Some(g) = r.gap {
+            line.push_str(&format!("  gap {g:.4}"));
+        }
+        if let Some(d) = r.dropped_frac {
+            line.push_str(&format!("  dropped {:.2}%", 100.0 * d));
+        }
+        line.push_str(&format!("  {:.0} s", r.wall_s));
+        self.bar.println(line);
+        self.bar.inc(1);
+    }
+}
+
+fn cmd_sweep(a: SweepArgs) -> Result<ExitCode> {
+    use switchyard::sweep::{self, Sweep};
+    let s = Sweep::load(&a.file, &a.sets, a.data.as_deref(), a.scale)?;
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join("sweeps").join(&s.name));
+    if a.dry_run {
+        println!("sweep {} ({} points) -> {}", s.name, s.points.len(), out.display());
+        for p in &s.points {
+            let m = &p.cfg.model;
+            println!(
+                "{:>2} {:<44} {} steps, {}",
+                p.index,
+                p.label,
+                p.cfg.train.steps,
+                if m.moe_every == 0 { "dense".into() } else { format!("E {} top-{}", m.n_experts, m.top_k) }
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // auto picks the GPU only if it can run every point.
+    let probe = s.points.iter().find(|p| p.cfg.model.moe_every > 0).unwrap_or(&s.points[0]);
+    let dev = backend(&a.device, &probe.cfg)?;
+    eprintln!("sweep {}: {} points -> {}", s.name, s.points.len(), out.display());
+    if !s.description.is_empty() {
+        eprintln!("{}", s.description);
+    }
+    let bar =
+        if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(s.points.len() as u64) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} points  {msg}")
+            .expect("valid template"),
+    );
+    let mut progress = SweepBar { bar };
+    let t0 = std::time::Instant::now();
+    let (rows, interrupted) = on_device!(&dev, |be| sweep::run(be, &s, &out, &mut progress)?);
+    progress.bar.finish_and_clear();
+    if interrupted {
+        eprintln!("interrupted after {} of {} points; re-run the same command to continue", rows.len(), s.points.len());
+        return Ok(ExitCode::from(130));
+    }
+    match switchyard::plot::plot_sweep(&out) {
+        Ok(files) => eprintln!("plots: {}", files.iter().filter(|f| f.extension().is_some_and(|x| x == "png")).count()),
+        Err(e) => eprintln!("warning: could not plot the sweep: {e}"),
+    }
+    eprintln!(
+        "done in {:.0} s: {} and {}",
+        t0.elapsed().as_secs_f64(),
+        out.join("results.jsonl").display(),
+        out.join("results.csv").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 static PRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn main() -> ExitCode {
@@ -770,6 +977,8 @@ fn main() -> ExitCode {
         Cmd::Generate(a) => cmd_generate(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Kernels { json } => cmd_kernels(json),
+        Cmd::Sweep(a) => cmd_sweep(a),
+        Cmd::Plot { dir } => cmd_plot(&dir),
         Cmd::Config { preset } => match Config::preset(&preset) {
             Ok(c) => {
                 print!("{}", c.to_commented_toml());

@@ -279,3 +279,72 @@ fn generate_streams_batches_and_refuses_bad_requests() {
     let text = String::from_utf8_lossy(&r.stdout);
     assert!(text.contains("share of each domain's kept assignments per expert") && text.contains("top"), "{text}");
 }
+
+#[test]
+fn sweep_plot_and_bench_ops_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // A run directory describes itself: run.json, plots.
+    let run_dir = d("run");
+    let mut a = args(&["train", "--quiet", "--out", &run_dir]);
+    a.extend(sets(&["train.steps=4", "train.eval_every=2"]));
+    let r = run(&a);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&run_dir).join("run.json")).unwrap()).unwrap();
+    for key in ["commit", "device", "switchyard_version", "seed", "command"] {
+        assert!(info.get(key).is_some(), "run.json lacks {key}");
+    }
+    for plot in ["loss_vs_step.png", "loss_vs_step.svg", "loss_vs_time.png", "expert_load_layer1.png"] {
+        let p = Path::new(&run_dir).join("plots").join(plot);
+        assert!(std::fs::metadata(&p).map(|m| m.len() > 100).unwrap_or(false), "{} missing or empty", p.display());
+    }
+    assert!(Path::new(&run_dir).join("routing.json").is_file());
+    // `plot` redraws them; a directory without metrics is refused.
+    let r = run(&args(&["plot", &run_dir]));
+    assert!(r.status.success() && String::from_utf8_lossy(&r.stdout).contains("loss_vs_step.png"), "{}", stderr(&r));
+    std::fs::create_dir_all(d("empty")).unwrap();
+    let r = run(&args(&["plot", &d("empty")]));
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("no metrics"), "{}", stderr(&r));
+    // Sweep files: a dry run lists the points; bad files name the problem.
+    let good = d("s.toml");
+    std::fs::write(&good, "name = \"s\"\n[axes]\n\"model.top_k\" = [1, 2]\n\"model.n_experts\" = [4]\n").unwrap();
+    let r = run(&args(&["sweep", &good, "--dry-run"]));
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success() && text.contains("(2 points)") && text.contains("n_experts=4,top_k=2"), "{text}");
+    for (body, want) in [
+        ("name = \"s\"\nstep = 3\n", "unknown key `step`"),
+        ("[axes]\n\"model.top_k\" = []\n", "axis `model.top_k` is empty"),
+        ("[axes]\n\"model.topk\" = [1]\n", "unknown key `topk`"),
+    ] {
+        std::fs::write(&good, body).unwrap();
+        let r = run(&args(&["sweep", &good, "--dry-run"]));
+        assert_eq!(r.status.code(), Some(1), "{body}");
+        assert!(stderr(&r).contains(want), "{body}: {}", stderr(&r));
+    }
+    // bench --ops: the table, its JSON and the roofline; bad shapes are refused.
+    let shapes = ["tokens=64", "seq=16", "d_model=32", "d_ff=64", "n_head=2", "vocab=50", "n_experts=4", "top_k=2"];
+    let mut a = args(&["bench", "--ops", "--repeats", "1", "--plot-dir", &d("ops"), "--device", "cpu"]);
+    for s in shapes {
+        a.extend(args(&["--shape", s]));
+    }
+    let r = run(&a);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("ceilings:"));
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&d("ops")).join("bench-ops.json")).unwrap()).unwrap();
+    for key in ["device", "commit", "shapes", "ceilings", "results"] {
+        assert!(rep.get(key).is_some(), "bench JSON lacks {key}");
+    }
+    let row = &rep["results"][0];
+    for key in ["op", "shape", "median_ms", "rate", "unit", "fraction_of_ceiling"] {
+        assert!(row.get(key).is_some(), "bench row lacks {key}");
+    }
+    assert!(Path::new(&d("ops")).join("roofline.png").is_file());
+    for (shape, want) in [("d_modle=3", "d_modle"), ("n_head=3", "n_head")] {
+        let r = run(&args(&["bench", "--ops", "--shape", shape, "--device", "cpu"]));
+        assert_eq!(r.status.code(), Some(1));
+        assert!(stderr(&r).contains(want), "{shape}: {}", stderr(&r));
+    }
+}

@@ -179,6 +179,7 @@ fn train_in_session<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Re
     }
     std::fs::write(opts.out.join("config.toml"), cfg.to_commented_toml())
         .map_err(|e| Error::io(opts.out.join("config.toml"), e))?;
+    write_run_info(&opts.out, be, cfg, start)?;
     let metrics_path = opts.out.join("metrics.jsonl");
     if resume_dir.is_some() && metrics_path.exists() {
         truncate_metrics_after(&metrics_path, start)?;
@@ -276,7 +277,49 @@ fn train_in_session<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Re
     let path = opts.out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("serializes"))
         .map_err(|e| Error::io(&path, e))?;
+    if !summary.interrupted {
+        finish_run_dir(be, &mut model, &data, &opts.out)?;
+    }
     Ok(summary)
+}
+
+/// `run.json`: what is needed to reproduce the run besides `config.toml`
+/// (commit, device, versions, seed, command line). Rewritten on resume.
+fn write_run_info<B: Backend>(out: &Path, be: &B, cfg: &Config, start: u64) -> Result<()> {
+    let info = serde_json::json!({
+        "switchyard_version": env!("CARGO_PKG_VERSION"),
+        "commit": crate::GIT_COMMIT,
+        "device": be.name(),
+        "seed": cfg.train.seed,
+        "data_seed": cfg.data.synthetic.seed,
+        "command": std::env::args().collect::<Vec<_>>(),
+        "started_at_step": start,
+        "started_unix_s": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    });
+    let path = out.join("run.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&info).expect("serializes")).map_err(|e| Error::io(&path, e))
+}
+
+/// After a completed run: the routing statistics of MoE models on the
+/// validation batches (`routing.json`) and the run's plots (`plots/`).
+/// Plotting problems are reported, not fatal: the run itself is done.
+fn finish_run_dir<B: Backend>(be: &B, model: &mut Model<B>, data: &Dataset, out: &Path) -> Result<()> {
+    let moe = model.table.blocks.iter().any(|b| matches!(b.ffn, crate::model::FfnIdx::Moe { .. }));
+    if moe {
+        let batches = model.cfg.train.eval_batches.max(1);
+        let stats = routing::routing_stats(be, model, data, batches)?;
+        let path = out.join("routing.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&stats).expect("serializes"))
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    if let Err(e) = crate::plot::plot_run(out) {
+        eprintln!("warning: could not plot {}: {e}", out.display());
+    }
+    Ok(())
 }
 
 fn diverged(step: u64, micro: u64, loss: f64, last: Option<&Path>) -> Error {

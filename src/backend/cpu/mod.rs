@@ -220,7 +220,16 @@ impl Backend for Cpu {
     }
 
     fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>) {
-        dst.copy_from_slice(src);
+        assert_eq!(dst.len(), src.len(), "copy: length mismatch");
+        // Parallel above 1 MiB: one core does not saturate memory bandwidth
+        // (and `bench --ops` measures its bandwidth ceiling with this copy).
+        if dst.len() < (1 << 18) {
+            dst.copy_from_slice(src);
+        } else {
+            self.run(|| {
+                dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s))
+            });
+        }
     }
 
     fn gelu_fwd(&self, out: &mut Vec<f32>, x: &Vec<f32>, len: usize) {
