@@ -429,6 +429,17 @@ pub fn run<B: Backend>(
     let mut rows = Vec::new();
     for p in &sweep.points {
         let dir = out.join(p.dir_name());
+        // A run directory from an edited sweep file must not pass as this point.
+        if let Ok(old) = Config::from_file(&dir.join("config.toml")) {
+            if old != p.cfg {
+                return Err(Error::Config(format!(
+                    "{} holds a run of a different config than point {} of this sweep (was the sweep file \
+                     edited?); move it away, or give the sweep another --out",
+                    dir.display(),
+                    p.label
+                )));
+            }
+        }
         let summary = match point_state(p, &dir) {
             PointState::Done(s) => {
                 progress.point(p, true);
