@@ -57,37 +57,14 @@ constexpr int kBlock = 256;
 
 /* ---- GELU, operation for operation as the CPU reference ---------------- */
 
-/* f32 constants as src/backend/cpu/{activation,fastmath}.rs spell them. */
+/* f32 constants as src/backend/cpu/activation.rs spells them (exp: sy_ref_exp in common.cuh). */
 constexpr float kS2pi = 0.7978846f; /* sqrt(2 / pi) */
 constexpr float kC3 = 0.044715f;
 constexpr float kC3x3 = 3.0f * kC3; /* folded in f32, as Rust's `3.0 * C3 * x * x` */
-constexpr float kLog2e = 1.44269504088896340736f;
-constexpr float kLn2Hi = 0.69314575f;
-constexpr float kLn2Lo = 1.4286068e-6f;
-constexpr float kMagic = 12582912.0f; /* 1.5 * 2^23: round to nearest integer by adding */
-
-/* fastmath::exp: clamp to [-87.3, 88.3] (NaN passes through), Cody-Waite
- * reduction x = n ln2 + r, degree-7 Horner with FMA, 2^n from exponent bits. */
-static __device__ __forceinline__ float ref_exp(float x) {
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
-    const float n = __fsub_rn(__fadd_rn(__fmul_rn(x, kLog2e), kMagic), kMagic);
-    const float r = __fsub_rn(__fsub_rn(x, __fmul_rn(n, kLn2Hi)), __fmul_rn(n, kLn2Lo));
-    float q = 1.0f / 5040.0f;
-    q = __fmaf_rn(q, r, 1.0f / 720.0f);
-    q = __fmaf_rn(q, r, 1.0f / 120.0f);
-    q = __fmaf_rn(q, r, 1.0f / 24.0f);
-    q = __fmaf_rn(q, r, 1.0f / 6.0f);
-    q = __fmaf_rn(q, r, 0.5f);
-    q = __fmaf_rn(q, r, 1.0f);
-    q = __fmaf_rn(q, r, 1.0f);
-    const unsigned biased = __float_as_uint(__fadd_rn(n, 127.0f + 8388608.0f)) - 0x4B000000u;
-    return __fmul_rn(q, __uint_as_float(biased << 23));
-}
 
 /* fastmath::tanh: sign(x) (1 - t) / (1 + t), t = e^{-2|x|}. */
 static __device__ __forceinline__ float ref_tanh(float x) {
-    const float t = ref_exp(-2.0f * fabsf(x));
+    const float t = sy_ref_exp(-2.0f * fabsf(x));
     return copysignf(__fdiv_rn(__fsub_rn(1.0f, t), __fadd_rn(1.0f, t)), x);
 }
 
@@ -111,44 +88,6 @@ static __device__ __forceinline__ float gelu_grad(float x) {
     return __fadd_rn(a, b);
 }
 
-/* ---- vector helpers ----------------------------------------------------- */
-
-static __device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
-
-/* W consecutive floats (W = 4: one float4 access, 16-byte aligned). */
-template <int W>
-struct Frag {
-    float v[W];
-};
-
-template <int W>
-static __device__ __forceinline__ Frag<W> load(const float* p) {
-    Frag<W> f;
-    if constexpr (W == 4) {
-        const float4 q = *reinterpret_cast<const float4*>(p);
-        f.v[0] = q.x;
-        f.v[1] = q.y;
-        f.v[2] = q.z;
-        f.v[3] = q.w;
-    } else {
-#pragma unroll
-        for (int k = 0; k < W; ++k) f.v[k] = p[k];
-    }
-    return f;
-}
-
-template <int W>
-static __device__ __forceinline__ void store(float* p, const Frag<W>& f) {
-    if constexpr (W == 4) {
-        *reinterpret_cast<float4*>(p) = make_float4(f.v[0], f.v[1], f.v[2], f.v[3]);
-    } else {
-#pragma unroll
-        for (int k = 0; k < W; ++k) p[k] = f.v[k];
-    }
-}
-
 /* ---- bias (+ GELU) -------------------------------------------------------- */
 
 /*
@@ -166,15 +105,15 @@ static __device__ __forceinline__ void bias_rows(float* pre, float* out, const f
     int c = (int)(i % cu);
     const int dc = (int)(stride % cu);
     for (; i < total; i += stride) {
-        Frag<W> x = load<W>(pre + i * W);
-        const Frag<W> b = load<W>(bias + (long long)c * W);
+        SyFrag<W> x = sy_load<W>(pre + i * W);
+        const SyFrag<W> b = sy_load<W>(bias + (long long)c * W);
 #pragma unroll
         for (int k = 0; k < W; ++k) x.v[k] += b.v[k];
-        store<W>(pre + i * W, x);
+        sy_store<W>(pre + i * W, x);
         if constexpr (kGelu) {
 #pragma unroll
             for (int k = 0; k < W; ++k) x.v[k] = gelu(x.v[k]);
-            store<W>(out + i * W, x);
+            sy_store<W>(out + i * W, x);
         }
         c += dc;
         if (c >= cu) c -= cu;
@@ -182,14 +121,14 @@ static __device__ __forceinline__ void bias_rows(float* pre, float* out, const f
 }
 
 extern "C" __global__ void __launch_bounds__(kBlock) activation_bias_fwd(BiasParams p) {
-    if ((p.cols & 3) == 0 && aligned16(p.out) && aligned16(p.bias))
+    if ((p.cols & 3) == 0 && sy_aligned16(p.out) && sy_aligned16(p.bias))
         bias_rows<4, false>(p.out, nullptr, p.bias, p.rows, p.cols);
     else
         bias_rows<1, false>(p.out, nullptr, p.bias, p.rows, p.cols);
 }
 
 extern "C" __global__ void __launch_bounds__(kBlock) activation_bias_gelu_fwd(BiasGeluParams p) {
-    if ((p.cols & 3) == 0 && aligned16(p.pre) && aligned16(p.out) && aligned16(p.bias))
+    if ((p.cols & 3) == 0 && sy_aligned16(p.pre) && sy_aligned16(p.out) && sy_aligned16(p.bias))
         bias_rows<4, true>(p.pre, p.out, p.bias, p.rows, p.cols);
     else
         bias_rows<1, true>(p.pre, p.out, p.bias, p.rows, p.cols);
@@ -199,13 +138,13 @@ extern "C" __global__ void __launch_bounds__(kBlock) activation_bias_gelu_fwd(Bi
 
 extern "C" __global__ void __launch_bounds__(kBlock) activation_gelu_fwd(GeluParams p) {
     long long head = 0;
-    if (aligned16(p.out) && aligned16(p.x)) {
+    if (sy_aligned16(p.out) && sy_aligned16(p.x)) {
         const long long n4 = p.n >> 2;
         SY_FOR_EACH(i, n4) {
-            Frag<4> v = load<4>(p.x + 4 * i);
+            SyFrag<4> v = sy_load<4>(p.x + 4 * i);
 #pragma unroll
             for (int k = 0; k < 4; ++k) v.v[k] = gelu(v.v[k]);
-            store<4>(p.out + 4 * i, v);
+            sy_store<4>(p.out + 4 * i, v);
         }
         head = n4 << 2;
     }
@@ -214,14 +153,14 @@ extern "C" __global__ void __launch_bounds__(kBlock) activation_gelu_fwd(GeluPar
 
 extern "C" __global__ void __launch_bounds__(kBlock) activation_gelu_bwd(GeluParams p) {
     long long head = 0;
-    if (aligned16(p.out) && aligned16(p.x) && aligned16(p.dout)) {
+    if (sy_aligned16(p.out) && sy_aligned16(p.x) && sy_aligned16(p.dout)) {
         const long long n4 = p.n >> 2;
         SY_FOR_EACH(i, n4) {
-            const Frag<4> x = load<4>(p.x + 4 * i);
-            Frag<4> g = load<4>(p.dout + 4 * i);
+            const SyFrag<4> x = sy_load<4>(p.x + 4 * i);
+            SyFrag<4> g = sy_load<4>(p.dout + 4 * i);
 #pragma unroll
             for (int k = 0; k < 4; ++k) g.v[k] = __fmul_rn(g.v[k], gelu_grad(x.v[k]));
-            store<4>(p.out + 4 * i, g);
+            sy_store<4>(p.out + 4 * i, g);
         }
         head = n4 << 2;
     }

@@ -126,6 +126,73 @@ SY_DEVICE void sy_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/* ---- fp32 helpers shared by the elementwise-class kernels -------------- */
+
+SY_DEVICE bool sy_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+/* W consecutive floats (W = 4: one float4 access, 16-byte aligned). */
+template <int W>
+struct SyFrag {
+    float v[W];
+};
+
+template <int W>
+SY_DEVICE SyFrag<W> sy_load(const float* p) {
+    SyFrag<W> f;
+    if constexpr (W == 4) {
+        const float4 q = *reinterpret_cast<const float4*>(p);
+        f.v[0] = q.x;
+        f.v[1] = q.y;
+        f.v[2] = q.z;
+        f.v[3] = q.w;
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) f.v[k] = p[k];
+    }
+    return f;
+}
+
+template <int W>
+SY_DEVICE void sy_store(float* p, const SyFrag<W>& f) {
+    if constexpr (W == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(f.v[0], f.v[1], f.v[2], f.v[3]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) p[k] = f.v[k];
+    }
+}
+
+/* The CPU reference's exp (src/backend/cpu/fastmath.rs), operation for
+ * operation, so fp32 kernels match it within 1e-5 where libm's expf would
+ * not: clamp to [-87.3, 88.3] (NaN passes through), Cody-Waite reduction
+ * x = n ln2 + r, degree-7 Horner with FMA, 2^n from the exponent bits.
+ * Never returns 0 or inf; -inf maps to ~1.2e-38. Constants are spelled as
+ * the Rust source spells them. */
+namespace sy_ref {
+constexpr float kLog2e = 1.44269504088896340736f;
+constexpr float kLn2Hi = 0.69314575f;
+constexpr float kLn2Lo = 1.4286068e-6f;
+constexpr float kMagic = 12582912.0f; /* 1.5 * 2^23: round to nearest integer by adding */
+}  // namespace sy_ref
+
+SY_DEVICE float sy_ref_exp(float x) {
+    using namespace sy_ref;
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.3f ? 88.3f : x;
+    const float n = __fsub_rn(__fadd_rn(__fmul_rn(x, kLog2e), kMagic), kMagic);
+    const float r = __fsub_rn(__fsub_rn(x, __fmul_rn(n, kLn2Hi)), __fmul_rn(n, kLn2Lo));
+    float q = 1.0f / 5040.0f;
+    q = __fmaf_rn(q, r, 1.0f / 720.0f);
+    q = __fmaf_rn(q, r, 1.0f / 120.0f);
+    q = __fmaf_rn(q, r, 1.0f / 24.0f);
+    q = __fmaf_rn(q, r, 1.0f / 6.0f);
+    q = __fmaf_rn(q, r, 0.5f);
+    q = __fmaf_rn(q, r, 1.0f);
+    q = __fmaf_rn(q, r, 1.0f);
+    const unsigned biased = __float_as_uint(__fadd_rn(n, 127.0f + 8388608.0f)) - 0x4B000000u;
+    return __fmul_rn(q, __uint_as_float(biased << 23));
+}
+
 /* Grid-stride loop over [0, n). */
 #define SY_FOR_EACH(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

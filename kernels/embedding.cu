@@ -53,41 +53,6 @@ constexpr int kRankBlock = kRankKeys * kRankSlices;
 /* Columns per thread in bwd_wte: 4 independent running sums per thread. */
 constexpr int kWteCols = 4;
 
-static __device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
-
-/* W consecutive floats (W = 4: one float4 access, 16-byte aligned). */
-template <int W>
-struct Frag {
-    float v[W];
-};
-
-template <int W>
-static __device__ __forceinline__ Frag<W> load(const float* p) {
-    Frag<W> f;
-    if constexpr (W == 4) {
-        const float4 q = *reinterpret_cast<const float4*>(p);
-        f.v[0] = q.x;
-        f.v[1] = q.y;
-        f.v[2] = q.z;
-        f.v[3] = q.w;
-    } else {
-#pragma unroll
-        for (int k = 0; k < W; ++k) f.v[k] = p[k];
-    }
-    return f;
-}
-
-template <int W>
-static __device__ __forceinline__ void store(float* p, const Frag<W>& f) {
-    if constexpr (W == 4) {
-        *reinterpret_cast<float4*>(p) = make_float4(f.v[0], f.v[1], f.v[2], f.v[3]);
-    } else {
-#pragma unroll
-        for (int k = 0; k < W; ++k) p[k] = f.v[k];
-    }
-}
 
 /* ---- forward ---------------------------------------------------------------- */
 
@@ -98,20 +63,20 @@ static __device__ __forceinline__ void embed_row(const EmbeddingParams& p, int n
     const int tok = p.tokens[n];
     const int pos = p.positions ? p.positions[n] : n % p.t;
     if (tok < 0 || tok >= p.vocab || pos < 0 || pos >= p.max_t) {
-        Frag<W> z;
+        SyFrag<W> z;
 #pragma unroll
         for (int k = 0; k < W; ++k) z.v[k] = 0.0f;
-        for (int i = lane * W; i < d; i += 32 * W) store<W>(out + i, z);
+        for (int i = lane * W; i < d; i += 32 * W) sy_store<W>(out + i, z);
         return;
     }
     const float* e = p.wte + (long long)tok * d;
     const float* q = p.wpe + (long long)pos * d;
     for (int i = lane * W; i < d; i += 32 * W) {
-        Frag<W> a = load<W>(e + i);
-        const Frag<W> b = load<W>(q + i);
+        SyFrag<W> a = sy_load<W>(e + i);
+        const SyFrag<W> b = sy_load<W>(q + i);
 #pragma unroll
         for (int k = 0; k < W; ++k) a.v[k] += b.v[k];
-        store<W>(out + i, a);
+        sy_store<W>(out + i, a);
     }
 }
 
@@ -119,7 +84,7 @@ extern "C" __global__ void __launch_bounds__(kBlock) embedding_fwd(EmbeddingPara
     const int n = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
     if (n >= p.b * p.t) return;
     const int lane = threadIdx.x & 31;
-    if ((p.d & 3) == 0 && aligned16(p.out) && aligned16(p.wte) && aligned16(p.wpe))
+    if ((p.d & 3) == 0 && sy_aligned16(p.out) && sy_aligned16(p.wte) && sy_aligned16(p.wpe))
         embed_row<4>(p, n, lane);
     else
         embed_row<1>(p, n, lane);

@@ -43,31 +43,7 @@
  * elements per thread and several blocks per SM hide the load latency. */
 constexpr int kBlock = 256;
 
-/* f32 constants as src/backend/cpu/fastmath.rs spells them. */
-constexpr float kLog2e = 1.44269504088896340736f;
-constexpr float kLn2Hi = 0.69314575f;
-constexpr float kLn2Lo = 1.4286068e-6f;
-constexpr float kMagic = 12582912.0f; /* 1.5 * 2^23: round to nearest integer by adding */
-
-/* fastmath::exp, operation for operation: clamp to [-87.3, 88.3] (NaN
- * passes through), x = n ln2 + r, degree-7 Horner with FMA, 2^n from the
- * exponent bits. Never returns 0 or inf; -inf maps to ~1.2e-38. */
-static __device__ __forceinline__ float ref_exp(float x) {
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
-    const float n = __fsub_rn(__fadd_rn(__fmul_rn(x, kLog2e), kMagic), kMagic);
-    const float r = __fsub_rn(__fsub_rn(x, __fmul_rn(n, kLn2Hi)), __fmul_rn(n, kLn2Lo));
-    float q = 1.0f / 5040.0f;
-    q = __fmaf_rn(q, r, 1.0f / 720.0f);
-    q = __fmaf_rn(q, r, 1.0f / 120.0f);
-    q = __fmaf_rn(q, r, 1.0f / 24.0f);
-    q = __fmaf_rn(q, r, 1.0f / 6.0f);
-    q = __fmaf_rn(q, r, 0.5f);
-    q = __fmaf_rn(q, r, 1.0f);
-    q = __fmaf_rn(q, r, 1.0f);
-    const unsigned biased = __float_as_uint(__fadd_rn(n, 127.0f + 8388608.0f)) - 0x4B000000u;
-    return __fmul_rn(q, __uint_as_float(biased << 23));
-}
+/* exp is the CPU reference's, operation for operation (sy_ref_exp, common.cuh). */
 
 extern "C" __global__ void __launch_bounds__(kBlock) loss_cross_entropy(CrossEntropyParams p) {
     __shared__ float scratch[32];
@@ -87,15 +63,15 @@ extern "C" __global__ void __launch_bounds__(kBlock) loss_cross_entropy(CrossEnt
     for (int i = threadIdx.x; i < v; i += blockDim.x) {
         const float xi = x[i];
         if (xi > m) {
-            s = __fadd_rn(__fmul_rn(s, ref_exp(__fsub_rn(m, xi))), 1.0f);
+            s = __fadd_rn(__fmul_rn(s, sy_ref_exp(__fsub_rn(m, xi))), 1.0f);
             m = xi;
         } else {
-            s = __fadd_rn(s, ref_exp(__fsub_rn(xi, m)));
+            s = __fadd_rn(s, sy_ref_exp(__fsub_rn(xi, m)));
         }
     }
     const float mx = sy_block_max(m, scratch);
     /* Threads that saw no element have s = 0, so their term is 0. */
-    const float sum = sy_block_sum(__fmul_rn(s, ref_exp(__fsub_rn(m, mx))), scratch);
+    const float sum = sy_block_sum(__fmul_rn(s, sy_ref_exp(__fsub_rn(m, mx))), scratch);
     if (threadIdx.x == 0) p.losses[row] = valid ? __fsub_rn(__fadd_rn(mx, logf(sum)), xt) : NAN;
 
     /* Pass 2: the gradient, as the CPU forms it: (exp(x - max) * inv) * dloss,
@@ -105,7 +81,7 @@ extern "C" __global__ void __launch_bounds__(kBlock) loss_cross_entropy(CrossEnt
     const float inv = __fdiv_rn(1.0f, sum);
     const float dloss = p.dloss;
     for (int i = threadIdx.x; i < v; i += blockDim.x) {
-        float d = __fmul_rn(__fmul_rn(ref_exp(__fsub_rn(x[i], mx)), inv), dloss);
+        float d = __fmul_rn(__fmul_rn(sy_ref_exp(__fsub_rn(x[i], mx)), inv), dloss);
         if (i == tgt) d = __fsub_rn(d, dloss);
         dl[i] = d;
     }

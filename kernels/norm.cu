@@ -56,41 +56,6 @@
 constexpr int kRowsPerBlock = 8;
 constexpr int kBlock = 32 * kRowsPerBlock;
 
-static __device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
-
-/* W consecutive floats (W = 4: one float4 access, 16-byte aligned). */
-template <int W>
-struct Frag {
-    float v[W];
-};
-
-template <int W>
-static __device__ __forceinline__ Frag<W> load(const float* p) {
-    Frag<W> f;
-    if constexpr (W == 4) {
-        const float4 q = *reinterpret_cast<const float4*>(p);
-        f.v[0] = q.x;
-        f.v[1] = q.y;
-        f.v[2] = q.z;
-        f.v[3] = q.w;
-    } else {
-#pragma unroll
-        for (int k = 0; k < W; ++k) f.v[k] = p[k];
-    }
-    return f;
-}
-
-template <int W>
-static __device__ __forceinline__ void store(float* p, const Frag<W>& f) {
-    if constexpr (W == 4) {
-        *reinterpret_cast<float4*>(p) = make_float4(f.v[0], f.v[1], f.v[2], f.v[3]);
-    } else {
-#pragma unroll
-        for (int k = 0; k < W; ++k) p[k] = f.v[k];
-    }
-}
 
 /* ---- row sums in the CPU's order --------------------------------------------- */
 
@@ -160,13 +125,13 @@ static __device__ __forceinline__ void layernorm_row(const LayerNormParams& p, i
     const float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, p.eps)));
     float* out = p.out + (long long)row * c;
     for (int i = lane * W; i < c; i += 32 * W) {
-        Frag<W> v = load<W>(x + i);
-        const Frag<W> w = load<W>(p.w + i);
-        const Frag<W> b = load<W>(p.b + i);
+        SyFrag<W> v = sy_load<W>(x + i);
+        const SyFrag<W> w = sy_load<W>(p.w + i);
+        const SyFrag<W> b = sy_load<W>(p.b + i);
 #pragma unroll
         for (int k = 0; k < W; ++k)
             v.v[k] = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(v.v[k], mu), rs), w.v[k]), b.v[k]);
-        store<W>(out + i, v);
+        sy_store<W>(out + i, v);
     }
     if (lane == 0) {
         p.mean[row] = mu;
@@ -178,7 +143,7 @@ extern "C" __global__ void __launch_bounds__(kBlock) norm_layernorm_fwd(LayerNor
     const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
     if (row >= p.rows) return; /* whole warp: no block barrier below */
     const int lane = threadIdx.x & 31;
-    if ((p.c & 3) == 0 && aligned16(p.x) && aligned16(p.out) && aligned16(p.w) && aligned16(p.b))
+    if ((p.c & 3) == 0 && sy_aligned16(p.x) && sy_aligned16(p.out) && sy_aligned16(p.w) && sy_aligned16(p.b))
         layernorm_row<4>(p, row, lane);
     else
         layernorm_row<1>(p, row, lane);
@@ -205,10 +170,10 @@ static __device__ __forceinline__ void layernorm_dx_row(const LayerNormBwdParams
     const float mean_gx = __fdiv_rn(sgx, (float)c);
     float* dx = p.dx + off;
     for (int i = lane * W; i < c; i += 32 * W) {
-        const Frag<W> xv = load<W>(x + i);
-        const Frag<W> gv = load<W>(go + i);
-        const Frag<W> wv = load<W>(p.w + i);
-        Frag<W> d = load<W>(dx + i);
+        const SyFrag<W> xv = sy_load<W>(x + i);
+        const SyFrag<W> gv = sy_load<W>(go + i);
+        const SyFrag<W> wv = sy_load<W>(p.w + i);
+        SyFrag<W> d = sy_load<W>(dx + i);
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             const float g = __fmul_rn(gv.v[k], wv.v[k]);
@@ -216,7 +181,7 @@ static __device__ __forceinline__ void layernorm_dx_row(const LayerNormBwdParams
             const float t = __fsub_rn(__fsub_rn(g, mean_g), __fmul_rn(xh, mean_gx));
             d.v[k] = __fadd_rn(d.v[k], __fmul_rn(rs, t));
         }
-        store<W>(dx + i, d);
+        sy_store<W>(dx + i, d);
     }
 }
 
@@ -229,7 +194,7 @@ extern "C" __global__ void __launch_bounds__(kBlock) norm_layernorm_bwd(LayerNor
     const int nwarps = blockDim.x >> 5;
 
     /* dx: one warp per row of the chunk. */
-    const bool vec = (c & 3) == 0 && aligned16(p.x) && aligned16(p.dout) && aligned16(p.w) && aligned16(p.dx);
+    const bool vec = (c & 3) == 0 && sy_aligned16(p.x) && sy_aligned16(p.dout) && sy_aligned16(p.w) && sy_aligned16(p.dx);
     for (int r = r0 + (threadIdx.x >> 5); r < r1; r += nwarps) {
         if (vec)
             layernorm_dx_row<4>(p, r, lane);

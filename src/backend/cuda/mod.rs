@@ -355,54 +355,39 @@ impl Cuda {
         p
     }
 
-    /// A scratch f32 buffer of at least `n` elements, by role.
-    fn scratch_f32(&self, role: &'static str, n: usize) -> u64 {
-        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let grow = s.f32s.get(role).is_none_or(|b| b.len() < n);
-        if grow {
-            match self.stream.alloc_zeros::<f32>(n.max(1)) {
+    /// A scratch buffer of at least `n` elements in `map`, by role (grown,
+    /// never shrunk); its device address, or 0 after recording an OOM.
+    fn scratch_in<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        map: &mut HashMap<&'static str, CudaSlice<T>>,
+        role: &'static str,
+        n: usize,
+    ) -> u64 {
+        if map.get(role).is_none_or(|b| b.len() < n) {
+            match self.stream.alloc_zeros::<T>(n.max(1)) {
                 Ok(b) => {
-                    s.f32s.insert(role, b);
+                    map.insert(role, b);
                 }
                 Err(e) => {
-                    self.fail(oom(&self.ctx, role, n * 4, &e));
+                    self.fail(oom(&self.ctx, role, n * std::mem::size_of::<T>(), &e));
                     return 0;
                 }
             }
         }
-        self.ptr(&s.f32s[role])
+        self.ptr(&map[role])
+    }
+
+    /// A scratch f32 buffer of at least `n` elements, by role.
+    fn scratch_f32(&self, role: &'static str, n: usize) -> u64 {
+        self.scratch_in(&mut self.scratch.lock().unwrap_or_else(|e| e.into_inner()).f32s, role, n)
     }
 
     fn scratch_u16(&self, role: &'static str, n: usize) -> u64 {
-        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if s.u16s.get(role).is_none_or(|b| b.len() < n) {
-            match self.stream.alloc_zeros::<u16>(n.max(1)) {
-                Ok(b) => {
-                    s.u16s.insert(role, b);
-                }
-                Err(e) => {
-                    self.fail(oom(&self.ctx, role, n * 2, &e));
-                    return 0;
-                }
-            }
-        }
-        self.ptr(&s.u16s[role])
+        self.scratch_in(&mut self.scratch.lock().unwrap_or_else(|e| e.into_inner()).u16s, role, n)
     }
 
     fn scratch_i32(&self, role: &'static str, n: usize) -> u64 {
-        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if s.i32s.get(role).is_none_or(|b| b.len() < n) {
-            match self.stream.alloc_zeros::<i32>(n.max(1)) {
-                Ok(b) => {
-                    s.i32s.insert(role, b);
-                }
-                Err(e) => {
-                    self.fail(oom(&self.ctx, role, n * 4, &e));
-                    return 0;
-                }
-            }
-        }
-        self.ptr(&s.i32s[role])
+        self.scratch_in(&mut self.scratch.lock().unwrap_or_else(|e| e.into_inner()).i32s, role, n)
     }
 
     /// bf16 view of `x` for a matmul or attention operand: its optimizer-kept
