@@ -18,8 +18,8 @@
  *                             (sequentially into dst, blk in order)    dst: [cols] (+=)
  *   with nblk = ceil(rows / chunk_rows).
  *
- * Precision: fp32 throughout. The GELU is evaluated with exactly the
- * operations of the CPU reference (src/backend/cpu/activation.rs), including
+ * Precision: fp32 throughout. The GELU (sy_gelu in common.cuh) is evaluated
+ * with exactly the operations of the CPU reference (src/backend/cpu/activation.rs), including
  * its branch-free exp/tanh (src/backend/cpu/fastmath.rs, built with FMA by
  * .cargo/config.toml's x86-64-v3): the __f*_rn intrinsics keep nvcc from
  * contracting a*b+c where Rust does not, so each value is the CPU's bit for
@@ -55,39 +55,6 @@
  * 256 gives the column sums one coalesced 1 KiB row segment per block. */
 constexpr int kBlock = 256;
 
-/* ---- GELU, operation for operation as the CPU reference ---------------- */
-
-/* f32 constants as src/backend/cpu/activation.rs spells them (exp: sy_ref_exp in common.cuh). */
-constexpr float kS2pi = 0.7978846f; /* sqrt(2 / pi) */
-constexpr float kC3 = 0.044715f;
-constexpr float kC3x3 = 3.0f * kC3; /* folded in f32, as Rust's `3.0 * C3 * x * x` */
-
-/* fastmath::tanh: sign(x) (1 - t) / (1 + t), t = e^{-2|x|}. */
-static __device__ __forceinline__ float ref_tanh(float x) {
-    const float t = sy_ref_exp(-2.0f * fabsf(x));
-    return copysignf(__fdiv_rn(__fsub_rn(1.0f, t), __fadd_rn(1.0f, t)), x);
-}
-
-/* u = S2PI * (x + ((C3 * x) * x) * x) */
-static __device__ __forceinline__ float gelu_arg(float x) {
-    return __fmul_rn(kS2pi, __fadd_rn(x, __fmul_rn(__fmul_rn(__fmul_rn(kC3, x), x), x)));
-}
-
-/* 0.5 * x * (1 + tanh(u)) */
-static __device__ __forceinline__ float gelu(float x) {
-    return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, ref_tanh(gelu_arg(x))));
-}
-
-/* 0.5 (1 + th) + 0.5 x sech2 S2PI (1 + 3 C3 x x), left to right as in Rust. */
-static __device__ __forceinline__ float gelu_grad(float x) {
-    const float th = ref_tanh(gelu_arg(x));
-    const float sech2 = __fsub_rn(1.0f, __fmul_rn(th, th));
-    const float a = __fmul_rn(0.5f, __fadd_rn(1.0f, th));
-    const float poly = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(kC3x3, x), x));
-    const float b = __fmul_rn(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, x), sech2), kS2pi), poly);
-    return __fadd_rn(a, b);
-}
-
 /* ---- bias (+ GELU) -------------------------------------------------------- */
 
 /*
@@ -112,7 +79,7 @@ static __device__ __forceinline__ void bias_rows(float* pre, float* out, const f
         sy_store<W>(pre + i * W, x);
         if constexpr (kGelu) {
 #pragma unroll
-            for (int k = 0; k < W; ++k) x.v[k] = gelu(x.v[k]);
+            for (int k = 0; k < W; ++k) x.v[k] = sy_gelu(x.v[k]);
             sy_store<W>(out + i * W, x);
         }
         c += dc;
@@ -143,12 +110,12 @@ extern "C" __global__ void __launch_bounds__(kBlock) activation_gelu_fwd(GeluPar
         SY_FOR_EACH(i, n4) {
             SyFrag<4> v = sy_load<4>(p.x + 4 * i);
 #pragma unroll
-            for (int k = 0; k < 4; ++k) v.v[k] = gelu(v.v[k]);
+            for (int k = 0; k < 4; ++k) v.v[k] = sy_gelu(v.v[k]);
             sy_store<4>(p.out + 4 * i, v);
         }
         head = n4 << 2;
     }
-    SY_FOR_EACH(i, p.n - head) p.out[head + i] = gelu(p.x[head + i]);
+    SY_FOR_EACH(i, p.n - head) p.out[head + i] = sy_gelu(p.x[head + i]);
 }
 
 extern "C" __global__ void __launch_bounds__(kBlock) activation_gelu_bwd(GeluParams p) {
@@ -159,12 +126,12 @@ extern "C" __global__ void __launch_bounds__(kBlock) activation_gelu_bwd(GeluPar
             const SyFrag<4> x = sy_load<4>(p.x + 4 * i);
             SyFrag<4> g = sy_load<4>(p.dout + 4 * i);
 #pragma unroll
-            for (int k = 0; k < 4; ++k) g.v[k] = __fmul_rn(g.v[k], gelu_grad(x.v[k]));
+            for (int k = 0; k < 4; ++k) g.v[k] = __fmul_rn(g.v[k], sy_gelu_grad(x.v[k]));
             sy_store<4>(p.out + 4 * i, g);
         }
         head = n4 << 2;
     }
-    SY_FOR_EACH(i, p.n - head) p.out[head + i] = __fmul_rn(p.dout[head + i], gelu_grad(p.x[head + i]));
+    SY_FOR_EACH(i, p.n - head) p.out[head + i] = __fmul_rn(p.dout[head + i], sy_gelu_grad(p.x[head + i]));
 }
 
 /* ---- column sums (bias gradients) ------------------------------------------ */

@@ -77,6 +77,27 @@ SY_DEVICE float sy_block_max(float v, float* scratch) {
  *   b[0]: (rows 2q..2q+1, col g)       b[1]: (rows 2q+8..2q+9, col g)
  *   d[0..1]: (row g, cols 2q..2q+1)    d[2..3]: (row g+8, cols 2q..2q+1)
  */
+#if defined(SY_EMU)
+/* The SIMT emulator (tests/emu/README.md) implements these instructions in
+ * C++ with the PTX semantics of the asm versions below; kernels call the same
+ * wrappers either way. */
+SY_DEVICE void sy_mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) { sy_emu::mma_bf16_16816(d, a, b); }
+SY_DEVICE void sy_ldmatrix_x4(uint32_t r[4], const void* smem_row) { sy_emu::ldmatrix(r, 4, false, smem_row); }
+SY_DEVICE void sy_ldmatrix_x4_trans(uint32_t r[4], const void* smem_row) { sy_emu::ldmatrix(r, 4, true, smem_row); }
+SY_DEVICE void sy_ldmatrix_x2(uint32_t r[2], const void* smem_row) { sy_emu::ldmatrix(r, 2, false, smem_row); }
+SY_DEVICE void sy_ldmatrix_x2_trans(uint32_t r[2], const void* smem_row) { sy_emu::ldmatrix(r, 2, true, smem_row); }
+SY_DEVICE void sy_cp_async_16(void* smem, const void* gmem, bool valid) { sy_emu::cp_async(smem, gmem, valid ? 16 : 0); }
+SY_DEVICE void sy_cp_async_commit() { sy_emu::cp_async_commit(); }
+template <int N>
+SY_DEVICE void sy_cp_async_wait() {
+    sy_emu::cp_async_wait(N);
+}
+#define SY_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(::sy_emu::dynamic_smem())
+#else
+/* The launch's dynamic shared memory as a T* (16-byte aligned). */
+#define SY_DYNAMIC_SMEM(T, name)                                 \
+    extern __shared__ __align__(16) unsigned char sy_dyn_smem_[]; \
+    T* name = reinterpret_cast<T*>(sy_dyn_smem_)
 SY_DEVICE void sy_mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
@@ -125,6 +146,7 @@ template <int N>
 SY_DEVICE void sy_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+#endif /* SY_EMU */
 
 /* ---- fp32 helpers shared by the elementwise-class kernels -------------- */
 
@@ -191,6 +213,41 @@ SY_DEVICE float sy_ref_exp(float x) {
     q = __fmaf_rn(q, r, 1.0f);
     const unsigned biased = __float_as_uint(__fadd_rn(n, 127.0f + 8388608.0f)) - 0x4B000000u;
     return __fmul_rn(q, __uint_as_float(biased << 23));
+}
+
+/* ---- GELU (tanh), operation for operation as the CPU reference --------- */
+/* src/backend/cpu/activation.rs; see kernels/activation.cu for why it must be
+ * exact. Used by the activation kernels and the expert GEMM epilogues. */
+
+/* f32 constants as src/backend/cpu/activation.rs spells them (exp: sy_ref_exp above). */
+constexpr float kSyS2pi = 0.7978846f; /* sqrt(2 / pi) */
+constexpr float kSyC3 = 0.044715f;
+constexpr float kSyC3x3 = 3.0f * kSyC3; /* folded in f32, as Rust's `3.0 * C3 * x * x` */
+
+/* fastmath::tanh: sign(x) (1 - t) / (1 + t), t = e^{-2|x|}. */
+SY_DEVICE float sy_ref_tanh(float x) {
+    const float t = sy_ref_exp(-2.0f * fabsf(x));
+    return copysignf(__fdiv_rn(__fsub_rn(1.0f, t), __fadd_rn(1.0f, t)), x);
+}
+
+/* u = S2PI * (x + ((C3 * x) * x) * x) */
+SY_DEVICE float sy_gelu_arg(float x) {
+    return __fmul_rn(kSyS2pi, __fadd_rn(x, __fmul_rn(__fmul_rn(__fmul_rn(kSyC3, x), x), x)));
+}
+
+/* 0.5 * x * (1 + tanh(u)) */
+SY_DEVICE float sy_gelu(float x) {
+    return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, sy_ref_tanh(sy_gelu_arg(x))));
+}
+
+/* 0.5 (1 + th) + 0.5 x sech2 S2PI (1 + 3 C3 x x), left to right as in Rust. */
+SY_DEVICE float sy_gelu_grad(float x) {
+    const float th = sy_ref_tanh(sy_gelu_arg(x));
+    const float sech2 = __fsub_rn(1.0f, __fmul_rn(th, th));
+    const float a = __fmul_rn(0.5f, __fadd_rn(1.0f, th));
+    const float poly = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(kSyC3x3, x), x));
+    const float b = __fmul_rn(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, x), sech2), kSyS2pi), poly);
+    return __fadd_rn(a, b);
 }
 
 /* Grid-stride loop over [0, n). */

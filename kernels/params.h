@@ -315,4 +315,159 @@ typedef struct {
     float scale;
 } DecodeParams;
 
+/* ---- router.cu ------------------------------------------------------- */
+
+/*
+ * router_jitter:     mult[i] = fma(2 eps, u_i, 1 - eps), out[i] = x[i] * mult[i]
+ *                    (=), i < n, u_i the SplitMix64 draw of (seed, i)
+ *                    (src/backend/cpu/router.rs, jitter_mult).
+ * router_jitter_bwd: out[i] = x[i] * mult[i] (=), with x = the upstream gradient.
+ */
+typedef struct {
+    float* out;
+    float* mult;
+    const float* x;
+    unsigned long long seed;
+    long long n;
+    float eps;
+} RouterJitterParams;
+
+/*
+ * Routing forward (DESIGN.md §2 steps 2-9), five launches in this order over
+ * fp32 logits [n, e]; assignment a = t*k + j is token t's j-th choice, and
+ * the slot order visits s = j*n + t (all first choices, then all second ...):
+ *   router_topk:   probs [n, e], expert and gate [n*k] (=); tok_stats [n, 2]
+ *                  = (logsumexp, entropy) per token (scratch).
+ *   router_count:  per chunk c of `chunk` consecutive s: rank[a] = number of
+ *                  earlier s in the chunk with the same expert, chunk_counts
+ *                  [c, e] = the chunk's count per expert (scratch).
+ *   router_stats:  per chunk of `tok_chunk` tokens: partial[c, 0:e] = sum of
+ *                  probs over its tokens, partial[c, e] = sum of entropies,
+ *                  partial[c, e+1] = sum of lse^2 (f64, scratch).
+ *   router_finish: chunk_counts -> exclusive per-expert bases (in place);
+ *                  offsets [e+1] of the kept (min(count, capacity)) segments;
+ *                  stats (RouterStats layout, src/backend/mod.rs) (=).
+ *   router_assign: row[a] = offsets[expert] + position if position < capacity
+ *                  else -1; row_assign[row] = a; row_assign[r] = -1 for
+ *                  r >= offsets[e] (=, all n*k rows).
+ * normalize != 0 divides each token's k gates by their sum.
+ */
+typedef struct {
+    const float* logits;
+    float* probs;
+    int* expert;
+    float* gate;
+    int* row;
+    int* row_assign;
+    int* offsets;
+    float* stats;
+    float* tok_stats;
+    int* rank;
+    int* chunk_counts;
+    double* partial;
+    int n;
+    int e;
+    int k;
+    int capacity;
+    int normalize;
+    int chunk;
+    int tok_chunk;
+    float aux_coef;
+    float z_coef;
+} RouterFwdParams;
+
+/*
+ * router_bwd: dlogits [n, e] (=) from the gate gradients dgate [n*k] (0 for
+ * dropped assignments), the aux loss through P_e (f_e read from stats'
+ * assigned counts) and the z-loss, each scaled by dloss (src/backend/cpu/router.rs).
+ */
+typedef struct {
+    float* dlogits;
+    const float* dgate;
+    const float* logits;
+    const float* probs;
+    const int* expert;
+    const float* stats;
+    int n;
+    int e;
+    int k;
+    int normalize;
+    float aux_coef;
+    float z_coef;
+    float dloss;
+} RouterBwdParams;
+
+/* ---- dispatch.cu ------------------------------------------------------ */
+
+/*
+ * Gather-based permutation between token order [n, d] and expert-contiguous
+ * rows [n_rows, d] (a = t*k + j; row[a] = -1 when dropped; row_assign[r] = -1
+ * for unused rows):
+ *   dispatch_fwd:         out[r] = src[row_assign[r] / k] (=) for used rows r;
+ *                         out_bf16[r] = bf16(out[r]) when out_bf16 != NULL.
+ *   dispatch_bwd:         out[t] += sum_j src[row[t*k + j]], j ascending,
+ *                         kept assignments only.
+ *   dispatch_combine_fwd: out[t] = sum_j gate[a] * src[row[a]] over kept a,
+ *                         j ascending (= ; 0 if none kept).
+ *   dispatch_combine_bwd: for kept a: out[row[a]] = gate[a] * src[t] (=),
+ *                         out_bf16 as above, dgate[a] = <src[t], ye[row[a]]>;
+ *                         dgate[a] = 0 for dropped a. (src = dout [n, d].)
+ */
+typedef struct {
+    float* out;
+    unsigned short* out_bf16;
+    float* dgate;
+    const float* src;
+    const float* ye;
+    const int* row;
+    const int* row_assign;
+    const float* gate;
+    int n;
+    int n_rows;
+    int k;
+    int d;
+} DispatchParams;
+
+/* ---- expert.cu -------------------------------------------------------- */
+
+/*
+ * Grouped GEMM over expert segments (rows offsets[e] .. offsets[e+1]-1 of the
+ * dispatched buffers belong to expert e; weights w [e, k, n] bf16, i.e.
+ * [in, out] per expert). bf16 operands, fp32 accumulation and outputs.
+ *   expert_schedule: tile_start[x] = number of kExpertTileM-row tiles of the
+ *                    experts before x, x <= e (=).
+ *   expert_fwd:      out[r] = a[r] @ w[x] + bias[x] (=) for r in segment x;
+ *                    with gelu: out is the pre-activation, act = gelu(out)
+ *                    (=), out_bf16 = bf16(act). a: [M, k] bf16; out: [M, n].
+ *   expert_dx:       out[r] = a[r] @ w[x]^T (=); with gelu: times
+ *                    gelu'(pre[r]); out_bf16 = bf16(out) when non-NULL.
+ *                    a: [M, n] bf16 (dy); out, pre: [M, k].
+ *   expert_dw:       out[x] += a[seg]^T @ b[seg] (a: [M, k] bf16 activations,
+ *                    b: [M, n] bf16 output gradients; out: [e, k, n] fp32).
+ *   expert_bias_grad_partial: partial[tile, c] = sum over the tile's rows
+ *                    of grad[r, c] (fp32, rows in order).
+ *   expert_bias_grad_finish:  bias_grad[x, c] += partial[t, c] for the tiles
+ *                    t of expert x in order.
+ * k and n must be multiples of 8 (16-byte rows for cp.async).
+ */
+typedef struct {
+    const unsigned short* a;
+    const unsigned short* b;
+    const float* bias;
+    const float* pre;
+    float* out;
+    float* act;
+    unsigned short* out_bf16;
+    const int* offsets;
+    int* tile_start;
+    float* partial;
+    const float* grad;
+    float* bias_grad;
+    int e;
+    int k;
+    int n;
+    int max_tiles;
+    int gelu;
+} ExpertParams;
+
 #endif

@@ -10,6 +10,9 @@
 #   3. the benchmarks compile
 #   4. every test: unit, integration (gradients, router invariants,
 #      convergence, determinism, resume, checkpoints, CLI, bad input), doc
+#   5. the GPU tests on the SIMT emulator (scripts/emu-test.sh; needs g++):
+#      every kernel against its CPU reference, without a GPU; skipped with
+#      SWITCHYARD_NO_CUDA=1 (no kernels to run) or SWITCHYARD_NO_EMU=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +49,13 @@ log=$(mktemp)
 cargo test --quiet 2>&1 | tee "$log"
 # One closing line over every test binary (cargo prints one per binary).
 # Skipped tests (GPU tests without a GPU) pass, but print a "skipped:" line each.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      /skipped: [A-Za-z_]/ { s += 1 }
-     END { printf "tests: %d passed (%d of them skipped, see the \"skipped:\" lines), %d failed\n", p, s, f }' "$log"
+     END { printf "tests: %d passed (%d of them skipped, see the \"skipped:\" lines), %d failed\n", p, s, f }' "$log")
 rm -f "$log"
+if [[ -z "${SWITCHYARD_NO_CUDA:-}" && -z "${SWITCHYARD_NO_EMU:-}" ]]; then
+    echo "== GPU tests on the SIMT emulator (scripts/emu-test.sh)"
+    emu_summary=$(scripts/emu-test.sh | tee /dev/stderr | tail -1)
+    summary="$summary; $emu_summary"
+fi
+echo "$summary"

@@ -183,16 +183,17 @@ fn bench_prints_and_writes_json() {
 
 #[test]
 fn device_flag_errors_name_the_problem() {
-    // MoE tiny on `cuda`: refused on every machine, either because there is no
-    // GPU (this machine, CI) or because MoE is not on CUDA yet.
+    // Top-9 routing on `cuda`: refused on every machine, either because there
+    // is no GPU (this machine, CI) or because the CUDA router stops at top-8.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run").to_str().unwrap().to_string();
-    let o = run(&args(&["train", "--quiet", "--device", "cuda", "--out", &out]));
+    let topk9 = ["--set", "model.n_experts=16", "--set", "model.top_k=9"];
+    let o = run(&args(&[&["train", "--quiet", "--device", "cuda", "--out", &out][..], &topk9[..]].concat()));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("--device cuda"), "{err}");
     assert!(
-        err.contains("no CUDA") || err.contains("no embedded CUDA kernels") || err.contains("not on CUDA yet"),
+        err.contains("no CUDA") || err.contains("no embedded CUDA kernels") || err.contains("model.top_k = 9"),
         "{err}"
     );
     let o = run(&args(&["train", "--quiet", "--device", "cuda:x", "--out", &out]));

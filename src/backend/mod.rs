@@ -1,9 +1,9 @@
 //! The backend trait: the op set the model is written against.
 //!
 //! Every op of DESIGN.md §4 appears here once, grouped by family (matmul,
-//! attention, router, dispatch, norm, activation, embedding, loss, optim). The
-//! model code in `crate::model` only calls these methods, so a device backend
-//! slots in without touching it. [`cpu::Cpu`] is the f32 reference
+//! expert, attention, router, dispatch, norm, activation, embedding, loss,
+//! optim). The model code in `crate::model` only calls these methods, so a
+//! device backend slots in without touching it. [`cpu::Cpu`] is the f32 reference
 //! implementation and the oracle for every kernel.
 //!
 //! Conventions:
@@ -160,6 +160,23 @@ pub trait Backend: Sync {
         tb: bool,
         accumulate: bool,
     );
+    /// As [`Backend::matmul`], with fp32 operands and accumulation on every
+    /// backend: the router's selective precision (DESIGN.md §2.1 and §3), where
+    /// bf16 logits would perturb which expert a token picks.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_fp32(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+    );
+
     /// `out[r, :] += bias` for every row (`out`: `[rows, n]`, `bias`: `[n]`).
     fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
     /// Fused `pre += bias` (row-broadcast) then `out = gelu_tanh(pre)` (`=`),
@@ -170,9 +187,11 @@ pub trait Backend: Sync {
     }
     /// `dbias += sum_r dout[r, :]` (`dout`: `[rows, n]`).
     fn bias_grad(&self, dbias: &mut Self::Buf, dout: &Self::Buf, rows: usize, n: usize);
+    // ---- expert (grouped GEMM over expert segments) --------------------
+
     /// Grouped (per-expert) matmul over expert-contiguous row segments:
     /// `out[seg_e] = x[seg_e] @ w[e] + b[e]` (`=`), segment `e` being rows
-    /// `offsets[e]..offsets[e+1]`.
+    /// `offsets[e]..offsets[e+1]`; rows past `offsets[E]` are not written.
     ///
     /// # Shapes
     /// `x`: `[M, k]`, `w`: `[E, k, n]`, `b`: `[E, n]`, `offsets`: `[E + 1]`, `out`: `[M, n]`.
@@ -180,6 +199,22 @@ pub trait Backend: Sync {
     fn grouped_matmul(
         &self,
         out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        offsets: &Self::IBuf,
+        e: usize,
+        k: usize,
+        n: usize,
+    );
+    /// The experts' first layer with its activation fused:
+    /// `pre[seg_e] = x[seg_e] @ w[e] + b[e]` and `act = gelu_tanh(pre)` (both `=`),
+    /// shapes as [`Backend::grouped_matmul`] (`pre`, `act`: `[M, n]`).
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul_gelu(
+        &self,
+        pre: &mut Self::Buf,
+        act: &mut Self::Buf,
         x: &Self::Buf,
         w: &Self::Buf,
         b: &Self::Buf,
@@ -204,6 +239,27 @@ pub trait Backend: Sync {
         k: usize,
         n: usize,
     );
+    /// Backward of the experts' second layer `y = gelu(pre) @ w + b` through
+    /// the activation: `dpre[seg_e] = (dy[seg_e] @ w[e]^T) * gelu_tanh'(pre[seg_e])`
+    /// (`=`), and `dw`, `db` as [`Backend::grouped_matmul_bwd`] with `x = gelu(pre)`.
+    ///
+    /// # Shapes
+    /// `dy`: `[M, n]`, `x` (the activation), `pre`, `dpre`: `[M, k]`, `w`: `[E, k, n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul_bwd_gelu(
+        &self,
+        dpre: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        pre: &Self::Buf,
+        offsets: &Self::IBuf,
+        e: usize,
+        k: usize,
+        n: usize,
+    );
 
     // ---- elementwise --------------------------------------------------
 
@@ -211,6 +267,9 @@ pub trait Backend: Sync {
     fn add_inplace(&self, a: &mut Self::Buf, b: &Self::Buf);
     /// `dst = src` (same length).
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
+    /// `dst[offset..offset + src.len()] = src` (gathers per-layer device
+    /// results into one buffer, so the host reads them in one transfer).
+    fn copy_at(&self, dst: &mut Self::Buf, offset: usize, src: &Self::Buf);
 
     // ---- activation ---------------------------------------------------
 
@@ -376,7 +435,9 @@ pub trait Backend: Sync {
 
     // ---- router -------------------------------------------------------
 
-    /// Multiplicative jitter: `mult = U(1-eps, 1+eps)` from `seed`, `out = x * mult` (`=`).
+    /// Multiplicative jitter `out = x * mult` (`=`), `mult[i] = U(1-eps, 1+eps)`
+    /// drawn by [`cpu::router::jitter_mult`]`(seed, i, eps)`: counter-based, so
+    /// every backend draws the same bits in parallel.
     fn router_jitter(&self, out: &mut Self::Buf, mult: &mut Self::Buf, x: &Self::Buf, eps: f32, seed: u64);
     /// `dx = dout * mult` (`=`), the jitter's backward.
     fn router_jitter_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, mult: &Self::Buf);

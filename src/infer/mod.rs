@@ -317,7 +317,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                         aux_coef: m.aux_loss_coef as f32,
                         z_coef: m.z_loss_coef as f32,
                     };
-                    be.matmul(&mut mw.logits, &w.ln, &p[router], n, d, e, false, false, false);
+                    be.matmul_fp32(&mut mw.logits, &w.ln, &p[router], n, d, e, false, false, false);
                     be.router_fwd(
                         &mut mw.probs,
                         &mut mw.expert,
@@ -331,8 +331,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                     );
                     let rows = n * k;
                     be.dispatch_fwd(&mut mw.xe, &w.ln, &mw.row_assign, rows, k, d);
-                    be.grouped_matmul(&mut mw.he, &mw.xe, &p[fc_w], &p[fc_b], &mw.offsets, e, d, f);
-                    be.gelu_fwd(&mut mw.ae, &mw.he, rows * f);
+                    be.grouped_matmul_gelu(&mut mw.he, &mut mw.ae, &mw.xe, &p[fc_w], &p[fc_b], &mw.offsets, e, d, f);
                     be.grouped_matmul(&mut mw.ye, &mw.ae, &p[proj_w], &p[proj_b], &mw.offsets, e, f, d);
                     be.combine_fwd(&mut w.y, &mw.ye, &mw.row, &mw.gate, n, k, d);
                     if self.collect_stats {

@@ -38,10 +38,9 @@ pub(crate) struct MoeActs<B: Backend> {
     pub ae: B::Buf,
     /// Expert outputs `[N*k, d]`.
     pub ye: B::Buf,
-    /// Gradients: `dye [N*k, d]`, `dae`/`dhe [N*k, d_ff]`, `dxe [N*k, d]`,
-    /// `dgate [N*k]`, `dlogits [N, E]`.
+    /// Gradients: `dye [N*k, d]`, `dhe [N*k, d_ff]` (through the GELU),
+    /// `dxe [N*k, d]`, `dgate [N*k]`, `dlogits [N, E]`.
     pub dye: B::Buf,
-    pub dae: B::Buf,
     pub dhe: B::Buf,
     pub dxe: B::Buf,
     pub dgate: B::Buf,
@@ -92,6 +91,9 @@ pub(crate) struct Acts<B: Backend> {
     pub dlogits: B::Buf,
     /// Per-token CE `[N]`.
     pub losses: B::Buf,
+    /// Router statistics of every MoE layer, gathered on the device so the
+    /// host reads them once per micro-batch: `[n_moe * RouterStats::len(E)]`.
+    pub moe_stats: B::Buf,
     /// Sub-layer output before the residual add `[N, d]`.
     pub scratch_d: B::Buf,
     /// Backward: residual-stream gradient, LayerNorm-output gradient `[N, d]`.
@@ -111,6 +113,7 @@ impl<B: Backend> Acts<B> {
         let n = b * t;
         let al = |len: usize, what: &str| be.alloc(len, what);
         let any_dense = table.blocks.iter().any(|bi| matches!(bi.ffn, FfnIdx::Dense { .. }));
+        let n_moe = table.blocks.iter().filter(|bi| matches!(bi.ffn, FfnIdx::Moe { .. })).count();
         let mut blocks = Vec::new();
         for bi in &table.blocks {
             let ffn = match bi.ffn {
@@ -137,7 +140,6 @@ impl<B: Backend> Acts<B> {
                         ae: al(rows * f, "expert activations")?,
                         ye: al(rows * d, "expert outputs")?,
                         dye: al(rows * d, "expert output gradient")?,
-                        dae: al(rows * f, "expert activation gradient")?,
                         dhe: al(rows * f, "expert pre-activation gradient")?,
                         dxe: al(rows * d, "dispatched token gradient")?,
                         dgate: al(rows, "gate gradient")?,
@@ -173,6 +175,7 @@ impl<B: Backend> Acts<B> {
             logits: al(n * v, "logits")?,
             dlogits: al(n * v, "logit gradient")?,
             losses: al(n, "losses")?,
+            moe_stats: al(n_moe * RouterStats::len(e), "router statistics of all MoE layers")?,
             scratch_d: al(n * d, "sub-layer output")?,
             dres: al(n * d, "residual gradient")?,
             dln: al(n * d, "layernorm gradient")?,

@@ -202,7 +202,7 @@ impl<B: Backend> Model<B> {
         be.upload_i(&mut a.tokens, x);
         be.upload_i(&mut a.targets, y);
         be.embedding_fwd(&mut a.resid[0], &a.tokens, &p[tb.wte], &p[tb.wpe], b, t, d);
-        let mut moe_stats = Vec::new();
+        let mut moe_layers = Vec::new();
         for (l, bi) in tb.blocks.iter().enumerate() {
             let (before, after) = a.resid.split_at_mut(l + 1);
             let h_in = &before[l];
@@ -250,7 +250,7 @@ impl<B: Backend> Model<B> {
                         }
                         _ => &ba.ln2,
                     };
-                    be.matmul(&mut ma.logits, u, &p[*router], n, d, m.n_experts, false, false, false);
+                    be.matmul_fp32(&mut ma.logits, u, &p[*router], n, d, m.n_experts, false, false, false);
                     // 2-5, 8-9: softmax, top-k, gates, slots, statistics
                     be.router_fwd(
                         &mut ma.probs,
@@ -263,15 +263,16 @@ impl<B: Backend> Model<B> {
                         &ma.logits,
                         &rp,
                     );
+                    // Statistics stay on the device until the step's one read below.
+                    be.copy_at(&mut a.moe_stats, moe_layers.len() * RouterStats::len(m.n_experts), &ma.stats);
+                    moe_layers.push(l);
                     // 6. experts over their kept slots, expert-contiguous
-                    let rows = ma.rows;
+                    let (rows, e) = (ma.rows, m.n_experts);
                     be.dispatch_fwd(&mut ma.xe, &ba.ln2, &ma.row_assign, rows, m.top_k, d);
-                    be.grouped_matmul(&mut ma.he, &ma.xe, &p[*fc_w], &p[*fc_b], &ma.offsets, m.n_experts, d, f);
-                    be.gelu_fwd(&mut ma.ae, &ma.he, rows * f);
-                    be.grouped_matmul(&mut ma.ye, &ma.ae, &p[*proj_w], &p[*proj_b], &ma.offsets, m.n_experts, f, d);
+                    be.grouped_matmul_gelu(&mut ma.he, &mut ma.ae, &ma.xe, &p[*fc_w], &p[*fc_b], &ma.offsets, e, d, f);
+                    be.grouped_matmul(&mut ma.ye, &ma.ae, &p[*proj_w], &p[*proj_b], &ma.offsets, e, f, d);
                     // 7. combine, weighted by the gates; dropped tokens get 0
                     be.combine_fwd(&mut a.scratch_d, &ma.ye, &ma.row, &ma.gate, n, m.top_k, d);
-                    moe_stats.push(read_moe_stats(be, &ma.stats, l, &rp));
                 }
                 _ => unreachable!("activations are built from the same table"),
             }
@@ -291,6 +292,7 @@ impl<B: Backend> Model<B> {
             None => be.cross_entropy(&mut a.losses, None, &a.logits, &a.targets, n, v, 0.0),
         }
         let ce = be.download(&a.losses).iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        let moe_stats = read_moe_stats(&be.download(&a.moe_stats), &moe_layers, &rp);
         let aux = moe_stats.iter().map(|s| s.aux as f64).sum();
         let z = moe_stats.iter().map(|s| s.z as f64).sum();
         MicroStats { ce, aux, z, moe: moe_stats }
@@ -344,10 +346,11 @@ impl<B: Backend> Model<B> {
                         d,
                     );
                     {
+                        // through the second expert layer and the GELU: dhe = (dye W2^T) * gelu'(he)
                         let (gw, gb) = two_mut(g, *proj_w, *proj_b);
-                        be.grouped_matmul_bwd(&mut ma.dae, gw, gb, &ma.dye, &ma.ae, &p[*proj_w], &ma.offsets, e, f, d);
+                        let (dy, act, w2, pre) = (&ma.dye, &ma.ae, &p[*proj_w], &ma.he);
+                        be.grouped_matmul_bwd_gelu(&mut ma.dhe, gw, gb, dy, act, w2, pre, &ma.offsets, e, f, d);
                     }
-                    be.gelu_bwd(&mut ma.dhe, &ma.dae, &ma.he, rows * f);
                     {
                         let (gw, gb) = two_mut(g, *fc_w, *fc_b);
                         be.grouped_matmul_bwd(&mut ma.dxe, gw, gb, &ma.dhe, &ma.xe, &p[*fc_w], &ma.offsets, e, d, f);
@@ -367,14 +370,14 @@ impl<B: Backend> Model<B> {
                     );
                     let jittered = matches!(pass, Pass::Train { .. }) && m.router_jitter > 0.0;
                     let u = if jittered { &ma.u_jit } else { &ba.ln2 };
-                    be.matmul(&mut g[*router], u, &ma.dlogits, d, n, e, true, false, true);
+                    be.matmul_fp32(&mut g[*router], u, &ma.dlogits, d, n, e, true, false, true);
                     if jittered {
-                        be.matmul(&mut a.scratch_d, &ma.dlogits, &p[*router], n, e, d, false, true, false);
+                        be.matmul_fp32(&mut a.scratch_d, &ma.dlogits, &p[*router], n, e, d, false, true, false);
                         // u_jit is dead once the router weight gradient is taken: reuse it.
                         be.router_jitter_bwd(&mut ma.u_jit, &a.scratch_d, &ma.jit_mult);
                         be.add_inplace(&mut a.dln, &ma.u_jit);
                     } else {
-                        be.matmul(&mut a.dln, &ma.dlogits, &p[*router], n, e, d, false, true, true);
+                        be.matmul_fp32(&mut a.dln, &ma.dlogits, &p[*router], n, e, d, false, true, true);
                     }
                 }
                 _ => unreachable!("activations are built from the same table"),
@@ -423,18 +426,23 @@ impl<B: Backend> Model<B> {
     }
 }
 
-fn read_moe_stats<B: Backend>(be: &B, stats: &B::Buf, layer: usize, rp: &RouterParams) -> MoeStats {
-    let s = be.download(stats);
+/// Per-layer statistics from the step's one read of `moe_stats` (the
+/// [`RouterStats`] block of each MoE layer, in layer order).
+fn read_moe_stats(all: &[f32], layers: &[usize], rp: &RouterParams) -> Vec<MoeStats> {
     let e = rp.n_experts;
     let n = rp.n_tokens as f32;
-    MoeStats {
-        layer,
-        assigned: s[RouterStats::assigned(e)..RouterStats::assigned(e) + e].to_vec(),
-        kept: s[RouterStats::kept(e)..RouterStats::kept(e) + e].to_vec(),
-        mean_prob: s[RouterStats::prob_sum(e)..RouterStats::prob_sum(e) + e].iter().map(|p| p / n).collect(),
-        dropped_frac: s[RouterStats::dropped(e)] / (n * rp.top_k as f32),
-        entropy: s[RouterStats::entropy_sum(e)] / n,
-        aux: s[RouterStats::aux(e)],
-        z: s[RouterStats::z(e)],
-    }
+    layers
+        .iter()
+        .zip(all.chunks(RouterStats::len(e)))
+        .map(|(&layer, s)| MoeStats {
+            layer,
+            assigned: s[RouterStats::assigned(e)..RouterStats::assigned(e) + e].to_vec(),
+            kept: s[RouterStats::kept(e)..RouterStats::kept(e) + e].to_vec(),
+            mean_prob: s[RouterStats::prob_sum(e)..RouterStats::prob_sum(e) + e].iter().map(|p| p / n).collect(),
+            dropped_frac: s[RouterStats::dropped(e)] / (n * rp.top_k as f32),
+            entropy: s[RouterStats::entropy_sum(e)] / n,
+            aux: s[RouterStats::aux(e)],
+            z: s[RouterStats::z(e)],
+        })
+        .collect()
 }

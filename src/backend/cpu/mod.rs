@@ -10,6 +10,7 @@ pub mod activation;
 pub mod attention;
 pub mod dispatch;
 pub mod embedding;
+pub mod expert;
 pub mod fastmath;
 pub mod loss;
 pub mod matmul;
@@ -168,6 +169,21 @@ impl Backend for Cpu {
         self.run(|| matmul::matmul(c, a, b, m, k, n, ta, tb, accumulate, par));
     }
 
+    fn matmul_fp32(
+        &self,
+        c: &mut Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+    ) {
+        self.matmul(c, a, b, m, k, n, ta, tb, accumulate);
+    }
+
     fn add_bias(&self, out: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, n: usize) {
         self.run(|| matmul::add_bias(&mut out[..rows * n], bias, n));
     }
@@ -188,7 +204,23 @@ impl Backend for Cpu {
         n: usize,
     ) {
         let par = self.gemm_par();
-        self.run(|| matmul::grouped_matmul(out, x, w, b, offsets, e, k, n, par));
+        self.run(|| expert::grouped_matmul(out, x, w, b, offsets, e, k, n, par));
+    }
+
+    fn grouped_matmul_gelu(
+        &self,
+        pre: &mut Vec<f32>,
+        act: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        offsets: &Vec<i32>,
+        e: usize,
+        k: usize,
+        n: usize,
+    ) {
+        let par = self.gemm_par();
+        self.run(|| expert::grouped_matmul_gelu(pre, act, x, w, b, offsets, e, k, n, par));
     }
 
     fn grouped_matmul_bwd(
@@ -205,7 +237,25 @@ impl Backend for Cpu {
         n: usize,
     ) {
         let par = self.gemm_par();
-        self.run(|| matmul::grouped_matmul_bwd(dx, dw, db, dy, x, w, offsets, e, k, n, par));
+        self.run(|| expert::grouped_matmul_bwd(dx, dw, db, dy, x, w, offsets, e, k, n, par));
+    }
+
+    fn grouped_matmul_bwd_gelu(
+        &self,
+        dpre: &mut Vec<f32>,
+        dw: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        pre: &Vec<f32>,
+        offsets: &Vec<i32>,
+        e: usize,
+        k: usize,
+        n: usize,
+    ) {
+        let par = self.gemm_par();
+        self.run(|| expert::grouped_matmul_bwd_gelu(dpre, dw, db, dy, x, w, pre, offsets, e, k, n, par));
     }
 
     fn add_inplace(&self, a: &mut Vec<f32>, b: &Vec<f32>) {
@@ -230,6 +280,10 @@ impl Backend for Cpu {
                 dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s))
             });
         }
+    }
+
+    fn copy_at(&self, dst: &mut Vec<f32>, offset: usize, src: &Vec<f32>) {
+        dst[offset..offset + src.len()].copy_from_slice(src);
     }
 
     fn gelu_fwd(&self, out: &mut Vec<f32>, x: &Vec<f32>, len: usize) {
@@ -366,7 +420,7 @@ impl Backend for Cpu {
     }
 
     fn router_jitter(&self, out: &mut Vec<f32>, mult: &mut Vec<f32>, x: &Vec<f32>, eps: f32, seed: u64) {
-        router::jitter(out, mult, x, eps, seed);
+        self.run(|| router::jitter(out, mult, x, eps, seed));
     }
 
     fn router_jitter_bwd(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, mult: &Vec<f32>) {

@@ -24,21 +24,38 @@
 //! count, not differentiable), softmax backward `dz = p * (dp - <p, dp>)`,
 //! plus the z-loss `dz += dloss * beta * 2 * lse_n * p[n, e] / N`.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::index_of;
 use crate::backend::{RouterParams, RouterStats};
 
-/// Multiplicative jitter `mult ~ U(1 - eps, 1 + eps)`, drawn in order from a
-/// ChaCha8 stream seeded by `seed`; `out = x * mult`.
+/// The `i`-th multiplier of jitter stream `seed`, uniform on `[1 - eps, 1 + eps)`.
+///
+/// Counter-based, so a GPU thread computes element `i` on its own and gets
+/// the same bits (`router_jitter` in `kernels/router.cu` is this function
+/// operation for operation): SplitMix64's output function (Steele, Lea and
+/// Flood 2014, as in `java.util.SplittableRandom`) applied to
+/// `seed + (i + 1) * golden gamma`, its top 24 bits as `u` in `[0, 1)`
+/// (exact in f32), then `mult = fma(2 eps, u, 1 - eps)`.
+pub fn jitter_mult(seed: u64, i: u64, eps: f32) -> f32 {
+    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let u = (z >> 40) as f32 * (1.0 / 16_777_216.0);
+    (2.0 * eps).mul_add(u, 1.0 - eps)
+}
+
+/// Multiplicative jitter: `mult[i] = jitter_mult(seed, i, eps)`, `out = x * mult`.
 pub fn jitter(out: &mut [f32], mult: &mut [f32], x: &[f32], eps: f32, seed: u64) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for ((o, m), &x) in out.iter_mut().zip(mult.iter_mut()).zip(x) {
-        *m = rng.random_range((1.0 - eps)..(1.0 + eps));
-        *o = x * *m;
-    }
+    out.par_chunks_mut(4096).zip(mult.par_chunks_mut(4096)).zip(x.par_chunks(4096)).enumerate().for_each(
+        |(c, ((o, m), x))| {
+            for (i, ((o, m), &x)) in o.iter_mut().zip(m.iter_mut()).zip(x).enumerate() {
+                *m = jitter_mult(seed, (c * 4096 + i) as u64, eps);
+                *o = x * *m;
+            }
+        },
+    );
 }
 
 /// Backward of [`jitter`]: `dx = dout * mult`.

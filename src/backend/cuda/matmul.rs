@@ -1,6 +1,7 @@
 //! Dense matmuls through cuBLAS: bf16 operands, fp32 accumulate and output
-//! (`cublasGemmEx`, `CUBLAS_COMPUTE_32F`). The CPU reference is
-//! `src/backend/cpu/matmul.rs`.
+//! (`cublasGemmEx`, `CUBLAS_COMPUTE_32F`); and the router's fp32 matmuls
+//! (fp32 operands, `CUBLAS_COMPUTE_32F` without TF32: the default math mode
+//! does not downconvert). The CPU reference is `src/backend/cpu/matmul.rs`.
 //!
 //! Row-major `C[m, n] = op(A) op(B)` is computed as the column-major product
 //! `C^T = op(B)^T op(A)^T`, so no transposes are materialized. cuBLAS GEMMs
@@ -37,6 +38,48 @@ pub(super) fn matmul(
     }
     let a16 = cu.bf16_of(a, "matmul.a");
     let b16 = cu.bf16_of(b, "matmul.b");
+    gemm(cu, c, (a16, b16, cudaDataType::CUDA_R_16BF), (m, k, n), (ta, tb), accumulate);
+}
+
+/// `c (=|+=) op(a) @ op(b)` with fp32 operands (the router's logits and
+/// their gradients, DESIGN.md §3).
+pub(super) fn matmul_fp32(
+    cu: &Cuda,
+    c: &mut CudaBuf,
+    a: &CudaBuf,
+    b: &CudaBuf,
+    (m, k, n): (usize, usize, usize),
+    (ta, tb): (bool, bool),
+    accumulate: bool,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul_fp32: buffer smaller than its shape");
+    if cu.failed() || m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            let p = cu.out(c);
+            super::elementwise::fill_zero(cu, p, m * n);
+        }
+        return;
+    }
+    if [m, k, n].iter().any(|&x| x > i32::MAX as usize) {
+        return cu.refuse("matmul_fp32", format!("dimension over 2^31 ({m} x {k} x {n})"));
+    }
+    let (a32, b32) = (cu.ptr(&a.data), cu.ptr(&b.data));
+    gemm(cu, c, (a32, b32, cudaDataType::CUDA_R_32F), (m, k, n), (ta, tb), accumulate);
+}
+
+/// One `cublasGemmEx` of row-major `c = op(a) op(b)` (operands of `dtype` at
+/// device addresses `a`, `b`; fp32 output and accumulation).
+fn gemm(
+    cu: &Cuda,
+    c: &mut CudaBuf,
+    (a16, b16, dtype): (u64, u64, cudaDataType),
+    (m, k, n): (usize, usize, usize),
+    (ta, tb): (bool, bool),
+    accumulate: bool,
+) {
     let c32 = cu.out(c);
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     let alpha = 1.0f32;
@@ -54,10 +97,10 @@ pub(super) fn matmul(
             k as i32,
             (&alpha as *const f32).cast(),
             b16 as *const std::ffi::c_void,
-            cudaDataType::CUDA_R_16BF,
+            dtype,
             lda_b as i32,
             a16 as *const std::ffi::c_void,
-            cudaDataType::CUDA_R_16BF,
+            dtype,
             lda_a as i32,
             (&beta as *const f32).cast(),
             c32 as *mut std::ffi::c_void,
@@ -68,6 +111,6 @@ pub(super) fn matmul(
         )
     };
     if let Err(e) = r {
-        cu.fail(format!("cublasGemmEx ({m} x {k} x {n}, ta={ta}, tb={tb}): {e}"));
+        cu.fail(format!("cublasGemmEx ({m} x {k} x {n}, ta={ta}, tb={tb}, {dtype:?}): {e}"));
     }
 }

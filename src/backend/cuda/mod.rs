@@ -20,14 +20,17 @@
 
 mod activation;
 mod attention;
+mod dispatch;
 mod elementwise;
 mod embedding;
+mod expert;
 pub mod kernels;
 mod loss;
 mod matmul;
 mod norm;
 mod optim;
 pub mod params;
+mod router;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,6 +45,7 @@ use crate::config::Config;
 use crate::{Error, Result};
 pub use attention::{Shape as AttentionShape, HEAD_DIMS};
 pub use kernels::Kernel;
+pub use router::{MAX_EXPERTS, MAX_TOP_K};
 
 /// Why the CUDA backend cannot start, each with its fix.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,29 +127,26 @@ pub fn probe(ordinal: usize) -> std::result::Result<(), Unavailable> {
 }
 
 /// Threads per block the launchers use for kernel `name` (every family but
-/// attention and the embedding rank kernel launch 256-thread blocks).
+/// attention, the embedding rank kernel and the single-block scans launch
+/// 256-thread blocks).
 pub fn block_size(name: &str) -> u32 {
     if name.starts_with("attention_") {
         attention::block_of(name)
     } else if name == kernels::EMBEDDING_BWD_RANK.name {
         512
+    } else if name == kernels::ROUTER_FINISH.name || name == kernels::EXPERT_SCHEDULE.name {
+        1024
     } else {
         256
     }
 }
 
-/// Whether the CUDA kernels can run `cfg`: dense layers only until the MoE
-/// kernels land (issue 4), and a head dimension with an attention kernel.
-/// Needs no GPU, so configs are refused before any device work.
+/// Whether the CUDA kernels can run `cfg`: a head dimension with an
+/// attention kernel, and for MoE layers the expert counts, top-k and FFN
+/// width the router and expert kernels support. Needs no GPU, so configs are
+/// refused before any device work.
 pub fn check_config(cfg: &Config) -> Result<()> {
     let m = &cfg.model;
-    if m.moe_every > 0 {
-        return Err(Error::Config(format!(
-            "model.moe_every = {}: MoE layers are not on CUDA yet (router, dispatch/combine and grouped expert \
-             GEMM kernels are issue 4); set model.moe_every = 0 for a dense model, or use --device cpu",
-            m.moe_every
-        )));
-    }
     let hd = m.d_model / m.n_head.max(1);
     if !attention::HEAD_DIMS.contains(&hd) {
         return Err(Error::Config(format!(
@@ -155,6 +156,30 @@ pub fn check_config(cfg: &Config) -> Result<()> {
             m.n_head,
             attention::HEAD_DIMS
         )));
+    }
+    if m.moe_every > 0 {
+        if m.n_experts > MAX_EXPERTS {
+            return Err(Error::Config(format!(
+                "model.n_experts = {}: the CUDA router and expert kernels support at most {MAX_EXPERTS} experts; \
+                 use fewer experts or --device cpu",
+                m.n_experts
+            )));
+        }
+        if m.top_k > MAX_TOP_K {
+            return Err(Error::Config(format!(
+                "model.top_k = {}: the CUDA router supports top-k up to {MAX_TOP_K}; lower model.top_k or use \
+                 --device cpu",
+                m.top_k
+            )));
+        }
+        if m.d_ff % 8 != 0 {
+            return Err(Error::Config(format!(
+                "model.d_ff = {}: the CUDA expert GEMM needs d_ff to be a multiple of 8 (16-byte rows); use {} or \
+                 --device cpu",
+                m.d_ff,
+                m.d_ff.div_ceil(8) * 8
+            )));
+        }
     }
     Ok(())
 }
@@ -409,6 +434,24 @@ impl Cuda {
         self.ptr(&x.data)
     }
 
+    /// An output buffer's address and its bf16 copy's, for kernels that write
+    /// both in one pass (the expert GEMM operands): the copy counts as valid
+    /// afterwards, so the next matmul reads it without a cast. `(ptr, 0)`
+    /// after recording an out-of-memory error.
+    fn out_with_bf16(&self, x: &mut CudaBuf) -> (u64, u64) {
+        if x.half.is_none() {
+            match self.stream.alloc_zeros::<u16>(x.len().max(1)) {
+                Ok(h) => x.half = Some(h),
+                Err(e) => {
+                    self.fail(oom(&self.ctx, "bf16 copy", x.len() * 2, &e));
+                    return (self.ptr(&x.data), 0);
+                }
+            }
+        }
+        x.half_valid = true;
+        (self.ptr(&x.data), self.ptr(x.half.as_ref().expect("allocated above")))
+    }
+
     /// Keep a bf16 copy of `x` beside it, as AdamW does for parameters, so
     /// matmuls and attention read it without casting (for frozen weights,
     /// and for benchmarks that time the kernels alone). Any later write to
@@ -452,10 +495,6 @@ impl Cuda {
     pub fn bf16_copy(&self, x: &CudaBuf) -> Option<Vec<u16>> {
         let h = x.half.as_ref().filter(|_| x.half_valid)?;
         self.stream.clone_dtoh(&h.slice(..x.len())).ok()
-    }
-
-    fn not_yet(&self, op: &str) {
-        self.fail(format!("{op} is not on CUDA yet (the MoE kernels are issue 4); run MoE configs with --device cpu"));
     }
 }
 
@@ -588,32 +627,91 @@ impl Backend for Cuda {
 
     fn grouped_matmul(
         &self,
-        _out: &mut CudaBuf,
-        _x: &CudaBuf,
-        _w: &CudaBuf,
-        _b: &CudaBuf,
-        _offsets: &CudaIBuf,
-        _e: usize,
-        _k: usize,
-        _n: usize,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        b: &CudaBuf,
+        offsets: &CudaIBuf,
+        e: usize,
+        k: usize,
+        n: usize,
     ) {
-        self.not_yet("grouped_matmul");
+        expert::fwd(self, out, None, [x, w, b], offsets, (e, k, n));
     }
 
     fn grouped_matmul_bwd(
         &self,
-        _dx: &mut CudaBuf,
-        _dw: &mut CudaBuf,
-        _db: &mut CudaBuf,
-        _dy: &CudaBuf,
-        _x: &CudaBuf,
-        _w: &CudaBuf,
-        _offsets: &CudaIBuf,
-        _e: usize,
-        _k: usize,
-        _n: usize,
+        dx: &mut CudaBuf,
+        dw: &mut CudaBuf,
+        db: &mut CudaBuf,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        offsets: &CudaIBuf,
+        e: usize,
+        k: usize,
+        n: usize,
     ) {
-        self.not_yet("grouped_matmul_bwd");
+        expert::bwd(self, [dx, dw, db], [dy, x, w], None, offsets, (e, k, n));
+    }
+
+    fn matmul_fp32(
+        &self,
+        c: &mut CudaBuf,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+    ) {
+        matmul::matmul_fp32(self, c, a, b, (m, k, n), (ta, tb), accumulate);
+    }
+
+    fn grouped_matmul_gelu(
+        &self,
+        pre: &mut CudaBuf,
+        act: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        b: &CudaBuf,
+        offsets: &CudaIBuf,
+        e: usize,
+        k: usize,
+        n: usize,
+    ) {
+        expert::fwd(self, pre, Some(act), [x, w, b], offsets, (e, k, n));
+    }
+
+    fn grouped_matmul_bwd_gelu(
+        &self,
+        dpre: &mut CudaBuf,
+        dw: &mut CudaBuf,
+        db: &mut CudaBuf,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        pre: &CudaBuf,
+        offsets: &CudaIBuf,
+        e: usize,
+        k: usize,
+        n: usize,
+    ) {
+        expert::bwd(self, [dpre, dw, db], [dy, x, w], Some(pre), offsets, (e, k, n));
+    }
+
+    fn copy_at(&self, dst: &mut CudaBuf, offset: usize, src: &CudaBuf) {
+        assert!(offset + src.len() <= dst.len(), "copy_at: {} + {} past {}", offset, src.len(), dst.len());
+        dst.half_valid = false;
+        if src.is_empty() || self.failed() {
+            return;
+        }
+        let range = offset..offset + src.len();
+        if let Err(e) = self.stream.memcpy_dtod(&src.data.slice(..src.len()), &mut dst.data.slice_mut(range)) {
+            self.fail(format!("copy_at: {e}"));
+        }
     }
 
     fn add_inplace(&self, a: &mut CudaBuf, b: &CudaBuf) {
@@ -764,79 +862,79 @@ impl Backend for Cuda {
         attention::decode(self, out, qkv, k_cache, v_cache, lens, (n_seq, h, hd, max_t));
     }
 
-    fn router_jitter(&self, _out: &mut CudaBuf, _mult: &mut CudaBuf, _x: &CudaBuf, _eps: f32, _seed: u64) {
-        self.not_yet("router_jitter");
+    fn router_jitter(&self, out: &mut CudaBuf, mult: &mut CudaBuf, x: &CudaBuf, eps: f32, seed: u64) {
+        router::jitter(self, out, mult, x, eps, seed);
     }
 
-    fn router_jitter_bwd(&self, _dx: &mut CudaBuf, _dout: &CudaBuf, _mult: &CudaBuf) {
-        self.not_yet("router_jitter_bwd");
+    fn router_jitter_bwd(&self, dx: &mut CudaBuf, dout: &CudaBuf, mult: &CudaBuf) {
+        router::jitter_bwd(self, dx, dout, mult);
     }
 
     fn router_fwd(
         &self,
-        _probs: &mut CudaBuf,
-        _expert: &mut CudaIBuf,
-        _gate: &mut CudaBuf,
-        _row: &mut CudaIBuf,
-        _row_assign: &mut CudaIBuf,
-        _offsets: &mut CudaIBuf,
-        _stats: &mut CudaBuf,
-        _logits: &CudaBuf,
-        _p: &RouterParams,
+        probs: &mut CudaBuf,
+        expert: &mut CudaIBuf,
+        gate: &mut CudaBuf,
+        row: &mut CudaIBuf,
+        row_assign: &mut CudaIBuf,
+        offsets: &mut CudaIBuf,
+        stats: &mut CudaBuf,
+        logits: &CudaBuf,
+        p: &RouterParams,
     ) {
-        self.not_yet("router_fwd");
+        router::fwd(self, [probs, gate, stats], [expert, row, row_assign, offsets], logits, p);
     }
 
     fn router_bwd(
         &self,
-        _dlogits: &mut CudaBuf,
-        _dgate: &CudaBuf,
-        _logits: &CudaBuf,
-        _probs: &CudaBuf,
-        _expert: &CudaIBuf,
-        _stats: &CudaBuf,
-        _p: &RouterParams,
-        _dloss: f32,
+        dlogits: &mut CudaBuf,
+        dgate: &CudaBuf,
+        logits: &CudaBuf,
+        probs: &CudaBuf,
+        expert: &CudaIBuf,
+        stats: &CudaBuf,
+        p: &RouterParams,
+        dloss: f32,
     ) {
-        self.not_yet("router_bwd");
+        router::bwd(self, dlogits, [dgate, logits, probs, stats], expert, p, dloss);
     }
 
-    fn dispatch_fwd(&self, _xe: &mut CudaBuf, _x: &CudaBuf, _ra: &CudaIBuf, _rows: usize, _k: usize, _d: usize) {
-        self.not_yet("dispatch_fwd");
+    fn dispatch_fwd(&self, xe: &mut CudaBuf, x: &CudaBuf, row_assign: &CudaIBuf, n_rows: usize, k: usize, d: usize) {
+        dispatch::fwd(self, xe, x, row_assign, (n_rows, k, d));
     }
 
-    fn dispatch_bwd(&self, _dx: &mut CudaBuf, _dxe: &CudaBuf, _row: &CudaIBuf, _n: usize, _k: usize, _d: usize) {
-        self.not_yet("dispatch_bwd");
+    fn dispatch_bwd(&self, dx: &mut CudaBuf, dxe: &CudaBuf, row: &CudaIBuf, n: usize, k: usize, d: usize) {
+        dispatch::bwd(self, dx, dxe, row, (n, k, d));
     }
 
     fn combine_fwd(
         &self,
-        _out: &mut CudaBuf,
-        _ye: &CudaBuf,
-        _row: &CudaIBuf,
-        _gate: &CudaBuf,
-        _n: usize,
-        _k: usize,
-        _d: usize,
+        out: &mut CudaBuf,
+        ye: &CudaBuf,
+        row: &CudaIBuf,
+        gate: &CudaBuf,
+        n: usize,
+        k: usize,
+        d: usize,
     ) {
-        self.not_yet("combine_fwd");
+        dispatch::combine_fwd(self, out, ye, row, gate, (n, k, d));
     }
 
     fn combine_bwd(
         &self,
-        _dye: &mut CudaBuf,
-        _dgate: &mut CudaBuf,
-        _dout: &CudaBuf,
-        _ye: &CudaBuf,
-        _row: &CudaIBuf,
+        dye: &mut CudaBuf,
+        dgate: &mut CudaBuf,
+        dout: &CudaBuf,
+        ye: &CudaBuf,
+        row: &CudaIBuf,
         _row_assign: &CudaIBuf,
-        _gate: &CudaBuf,
-        _n_rows: usize,
-        _n: usize,
-        _k: usize,
-        _d: usize,
+        gate: &CudaBuf,
+        n_rows: usize,
+        n: usize,
+        k: usize,
+        d: usize,
     ) {
-        self.not_yet("combine_bwd");
+        dispatch::combine_bwd(self, dye, dgate, [dout, ye, gate], row, n_rows, (n, k, d));
     }
 
     fn cross_entropy(
