@@ -123,6 +123,50 @@ fn sass(family: &str) -> Option<BTreeMap<(String, String), String>> {
 }
 
 #[test]
+fn moe_kernels_are_compiled_without_spills() {
+    if !have_kernels("moe_kernels_are_compiled_without_spills") {
+        return;
+    }
+    let rep = report();
+    let moe: Vec<_> = kernels::ALL.iter().filter(|k| ["router", "dispatch", "expert"].contains(&k.family)).collect();
+    assert_eq!(moe.len(), 18, "router (8), dispatch (4) and expert (6) kernels: {moe:?}");
+    for k in moe {
+        for arch in ARCHS {
+            let r = rep
+                .get(&(k.name.to_string(), arch.to_string()))
+                .unwrap_or_else(|| panic!("{} not compiled for {arch}", k.name));
+            assert_eq!(r.spill_stores + r.spill_loads, 0, "{} ({arch}) spills registers", k.name);
+            // A stack frame without spills is a local-memory array: slow, and a sign that an
+            // array is indexed dynamically where the kernels meant registers.
+            assert_eq!(r.stack, 0, "{} ({arch}) has a {} B stack frame", k.name, r.stack);
+        }
+    }
+}
+
+#[test]
+fn expert_gemm_sass_uses_tensor_cores() {
+    if !have_kernels("expert_gemm_sass_uses_tensor_cores") {
+        return;
+    }
+    let Some(sass) = sass("expert") else {
+        common::skip("expert_gemm_sass_uses_tensor_cores", "no cuobjdump (run scripts/cuda-toolchain.sh)");
+        return;
+    };
+    for name in [kernels::EXPERT_FWD.name, kernels::EXPERT_DX.name, kernels::EXPERT_DW.name] {
+        for arch in ARCHS {
+            let code = sass
+                .get(&(name.to_string(), arch.to_string()))
+                .unwrap_or_else(|| panic!("no SASS for {name} on {arch}"));
+            let mmas = code.matches("HMMA.16816.F32.BF16").count();
+            // 4 x 4 MMA tiles per warp and 2 k16 steps per 32-wide k tile: at least 32 per loop body.
+            assert!(mmas >= 32, "{name} on {arch}: {mmas} HMMA.16816.F32.BF16 instructions, want >= 32");
+            assert!(code.contains("LDSM"), "{name} on {arch}: no ldmatrix (LDSM) in its SASS");
+            assert!(code.contains("LDGSTS"), "{name} on {arch}: no cp.async (LDGSTS) in its SASS");
+        }
+    }
+}
+
+#[test]
 fn attention_sass_uses_tensor_cores() {
     if !have_kernels("attention_sass_uses_tensor_cores") {
         return;

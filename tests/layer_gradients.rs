@@ -317,3 +317,50 @@ fn grouped_matmul() {
     assert!(dw[k * n..2 * k * n].iter().all(|&v| v == 0.0));
     assert!(db[n..2 * n].iter().all(|&v| v == 0.0));
 }
+
+#[test]
+fn grouped_matmul_with_fused_gelu() {
+    // The expert FFN as the model runs it: h = x W1 + b1, a = gelu(h)
+    // (grouped_matmul_gelu), y = a W2 + b2; backward through W2 and the GELU in
+    // one op (grouped_matmul_bwd_gelu), then through W1.
+    let be = be();
+    let (e, d, f) = (3, 4, 6);
+    let offsets = vec![0, 3, 3, 7];
+    let m = 8; // one unused row past the segments
+    let mut r = rng(112);
+    let mut x = uniform(&mut r, m * d, 1.0);
+    let mut w1 = uniform(&mut r, e * d * f, 0.8);
+    let mut w2 = uniform(&mut r, e * f * d, 0.8);
+    let (b1, b2) = (uniform(&mut r, e * f, 0.5), uniform(&mut r, e * d, 0.5));
+    let dout = normal(&mut r, m * d);
+    let ffn = |x: &[f32], w1: &[f32], w2: &[f32]| {
+        let (mut h, mut a, mut y) = (vec![0.0; m * f], vec![0.0; m * f], vec![0.0; m * d]);
+        be.grouped_matmul_gelu(&mut h, &mut a, &x.to_vec(), &w1.to_vec(), &b1, &offsets, e, d, f);
+        be.grouped_matmul(&mut y, &a, &w2.to_vec(), &b2, &offsets, e, f, d);
+        (h, a, y)
+    };
+    let used = |v: &[f32]| -> f64 { dot(&v[..7 * d], &dout[..7 * d]) };
+    let (h, a, _) = ffn(&x, &w1, &w2);
+    let (mut dh, mut dw2, mut db2) = (vec![0.0; m * f], vec![0.0; e * f * d], vec![0.0; e * d]);
+    be.grouped_matmul_bwd_gelu(&mut dh, &mut dw2, &mut db2, &dout, &a, &w2, &h, &offsets, e, f, d);
+    let (mut dx, mut dw1, mut db1) = (vec![0.0; m * d], vec![0.0; e * d * f], vec![0.0; e * f]);
+    be.grouped_matmul_bwd(&mut dx, &mut dw1, &mut db1, &dh, &x, &w1, &offsets, e, d, f);
+    let (x0, w10, w20) = (x.clone(), w1.clone(), w2.clone());
+    check("ffn dx", &mut x, &dx[..], |x| used(&ffn(x, &w10, &w20).2));
+    check("ffn dw1", &mut w1, &dw1, |w| used(&ffn(&x0, w, &w20).2));
+    check("ffn dw2", &mut w2, &dw2, |w| used(&ffn(&x0, &w10, w).2));
+    // The fused forward is gelu of the unfused product, bit for bit.
+    let mut plain = vec![0.0; m * f];
+    be.grouped_matmul(&mut plain, &x0, &w10, &b1, &offsets, e, d, f);
+    let mut act = vec![0.0; m * f];
+    be.gelu_fwd(&mut act, &plain, 7 * f);
+    assert_eq!(&h[..7 * f], &plain[..7 * f]);
+    assert_eq!(&a[..7 * f], &act[..7 * f]);
+    // db1 sums dh over each expert's rows (bias enters every row with weight 1).
+    for ex in 0..e {
+        for c in 0..f {
+            let s: f32 = (offsets[ex] as usize..offsets[ex + 1] as usize).map(|row| dh[row * f + c]).sum();
+            assert!((db1[ex * f + c] - s).abs() <= 1e-5 * s.abs().max(1.0), "db1[{ex}, {c}]");
+        }
+    }
+}

@@ -251,3 +251,39 @@ fn dropped_tokens_pass_through_unchanged() {
     }
     assert_eq!(dropped, n - rp.capacity);
 }
+
+#[test]
+fn jitter_is_uniform_counter_based_and_seeded() {
+    use switchyard::backend::cpu::router::jitter_mult;
+    let eps = 0.01f32;
+    let n = 200_000u64;
+    let draws: Vec<f32> = (0..n).map(|i| jitter_mult(42, i, eps)).collect();
+    assert!(draws.iter().all(|&m| (1.0 - eps..=1.0 + eps).contains(&m)), "every multiplier in [1-eps, 1+eps]");
+    // Uniform on the interval: 20 equal bins within 5 standard deviations of n/20
+    // (binomial sd = sqrt(n p (1-p)) ~ 97 here).
+    let mut bins = [0usize; 20];
+    for &m in &draws {
+        bins[(((m - (1.0 - eps)) / (2.0 * eps) * 20.0) as usize).min(19)] += 1;
+    }
+    let expect = n as f64 / 20.0;
+    let sd = (n as f64 * 0.05 * 0.95).sqrt();
+    for (i, &b) in bins.iter().enumerate() {
+        assert!((b as f64 - expect).abs() < 5.0 * sd, "bin {i}: {b} draws, expected {expect:.0} +- {:.0}", 5.0 * sd);
+    }
+    let mean = draws.iter().map(|&m| m as f64).sum::<f64>() / n as f64;
+    assert!((mean - 1.0).abs() < 1e-4, "mean multiplier {mean}");
+    // Counter-based: element i does not depend on the others; seeds differ.
+    assert_eq!(jitter_mult(42, 12_345, eps), draws[12_345]);
+    let other: Vec<f32> = (0..1000).map(|i| jitter_mult(43, i, eps)).collect();
+    let same = other.iter().zip(&draws).filter(|(a, b)| a == b).count();
+    assert!(same < 20, "{same} of 1000 draws equal across seeds");
+    // The backend op applies exactly these multipliers.
+    let be = Cpu::new(2).unwrap();
+    let x: Vec<f32> = (0..10_000).map(|i| (i as f32 * 0.37).sin()).collect();
+    let (mut out, mut mult) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    be.router_jitter(&mut out, &mut mult, &x, eps, 42);
+    for i in 0..x.len() {
+        assert_eq!(mult[i], draws[i]);
+        assert_eq!(out[i], x[i] * draws[i]);
+    }
+}
