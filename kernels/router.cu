@@ -41,12 +41,13 @@
  * Launch (ceil(x/y) = (x + y - 1) / y; S = n*k):
  *   kernel             grid                          block  smem
  *   router_jitter      clamp(ceil(n / 256), 1, 65535)  256    0   (grid-stride; also _bwd)
- *   router_topk        ceil(n / 8)                    256    0   (one warp per token)
+ *   router_topk        ceil(n / 8)                    256    0   (one warp per token; e <= 128,
+ *                                                                   router_topk_wide above)
  *   router_count       ceil(S / 256)                  256    0   (chunk = 256 = block)
  *   router_stats       ceil(n / tok_chunk)            256    0
  *   router_finish      1                             1024    0
  *   router_assign      ceil(S / 256)                  256    0
- *   router_bwd         ceil(n / 8)                    256    0   (one warp per token)
+ *   router_bwd         ceil(n / 8)                    256    0   (as router_topk; router_bwd_wide)
  * Scratch: tok_stats [2n] f32, rank [S] int, chunk_counts [ceil(S/256) * e]
  * int, partial [ceil(n/tok_chunk) * (e + 2)] f64.
  */
@@ -55,6 +56,8 @@
 constexpr int kBlock = 256;
 constexpr int kChunk = 256; /* assignments per router_count block: one per thread */
 constexpr int kMaxExperts = 1024;
+constexpr int kNarrowExperts = 128; /* router_topk / router_bwd; more: the _wide kernels */
+static_assert(kNarrowExperts == 4 * 32, "the narrow kernels hold at most 4 logits per lane");
 constexpr int kMaxTopK = 8;
 constexpr int kFinishThreads = 1024;
 
@@ -185,6 +188,8 @@ static __device__ __forceinline__ void topk_token(const RouterFwdParams& p, int 
     }
 }
 
+/* Two kernels so that the common expert counts (<= kNarrowExperts) do not
+ * pay the registers (and occupancy) of a 1024-expert row held in registers. */
 extern "C" __global__ void __launch_bounds__(kBlock) router_topk(RouterFwdParams p) {
     const int t = blockIdx.x * (kBlock / 32) + (threadIdx.x >> 5);
     if (t >= p.n) return; /* whole warps */
@@ -192,9 +197,14 @@ extern "C" __global__ void __launch_bounds__(kBlock) router_topk(RouterFwdParams
         topk_token<1>(p, t);
     else if (p.e <= 64)
         topk_token<2>(p, t);
-    else if (p.e <= 128)
+    else
         topk_token<4>(p, t);
-    else if (p.e <= 256)
+}
+
+extern "C" __global__ void __launch_bounds__(kBlock) router_topk_wide(RouterFwdParams p) {
+    const int t = blockIdx.x * (kBlock / 32) + (threadIdx.x >> 5);
+    if (t >= p.n) return;
+    if (p.e <= 256)
         topk_token<8>(p, t);
     else if (p.e <= 512)
         topk_token<16>(p, t);
@@ -420,9 +430,14 @@ extern "C" __global__ void __launch_bounds__(kBlock) router_bwd(RouterBwdParams 
         bwd_token<1>(p, t);
     else if (p.e <= 64)
         bwd_token<2>(p, t);
-    else if (p.e <= 128)
+    else
         bwd_token<4>(p, t);
-    else if (p.e <= 256)
+}
+
+extern "C" __global__ void __launch_bounds__(kBlock) router_bwd_wide(RouterBwdParams p) {
+    const int t = blockIdx.x * (kBlock / 32) + (threadIdx.x >> 5);
+    if (t >= p.n) return;
+    if (p.e <= 256)
         bwd_token<8>(p, t);
     else if (p.e <= 512)
         bwd_token<16>(p, t);

@@ -348,7 +348,8 @@ fn cmd_kernels(json: bool) -> Result<ExitCode> {
     use std::fmt::Write as _;
     let mut t = String::new();
     writeln!(t, "kernels compiled by nvcc {nvcc}; ptxas resources per kernel and architecture").unwrap();
-    writeln!(t, "(occupancy: theoretical resident warps / 64 at the launchers' block size)").unwrap();
+    writeln!(t, "(smem: static + the launchers' dynamic shared memory per block; occupancy: theoretical resident").unwrap();
+    writeln!(t, " warps / 64 at the launchers' block size)").unwrap();
     writeln!(
         t,
         "{:<28} {:<7} {:>5} {:>6} {:>6} {:>6} {:>7} {:>6}",
@@ -359,7 +360,8 @@ fn cmd_kernels(json: bool) -> Result<ExitCode> {
         let block = cuda::block_size(&r.kernel);
         // Usable shared memory per SM: 164 KiB on sm_80, 227 KiB on sm_90.
         let smem_sm = if r.arch.starts_with("sm_90") { 227 * 1024 } else { 164 * 1024 };
-        let occ = kernels::occupancy(r.registers, block, r.smem, smem_sm);
+        let smem = r.smem + cuda::dynamic_smem(&r.kernel);
+        let occ = kernels::occupancy(r.registers, block, smem, smem_sm);
         writeln!(
             t,
             "{:<28} {:<7} {:>5} {:>6} {:>6} {:>6} {:>7} {:>5.0}%",
@@ -368,7 +370,7 @@ fn cmd_kernels(json: bool) -> Result<ExitCode> {
             r.registers,
             r.spill_stores + r.spill_loads,
             r.stack,
-            r.smem,
+            smem,
             block,
             100.0 * occ
         )

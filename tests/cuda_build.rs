@@ -129,7 +129,7 @@ fn moe_kernels_are_compiled_without_spills() {
     }
     let rep = report();
     let moe: Vec<_> = kernels::ALL.iter().filter(|k| ["router", "dispatch", "expert"].contains(&k.family)).collect();
-    assert_eq!(moe.len(), 18, "router (8), dispatch (4) and expert (6) kernels: {moe:?}");
+    assert_eq!(moe.len(), 20, "router (10), dispatch (4) and expert (6) kernels: {moe:?}");
     for k in moe {
         for arch in ARCHS {
             let r = rep

@@ -45,7 +45,7 @@ enum Logits {
 /// dropless), normalized gates, logits.
 type Case = (usize, usize, usize, f64, bool, Logits);
 
-const ROUTING_CASES: [Case; 9] = [
+const ROUTING_CASES: [Case; 11] = [
     (1, 1, 1, 0.0, false, Logits::Normal),
     (7, 3, 2, 1.0, true, Logits::Normal),
     (1037, 8, 1, 1.25, false, Logits::Normal),
@@ -55,6 +55,9 @@ const ROUTING_CASES: [Case; 9] = [
     (600, 16, 2, 2.0, false, Logits::OneHot),
     (300, 1024, 8, 1.0, true, Logits::Normal),
     (2000, 33, 3, 0.0, false, Logits::Ties),
+    // Every register width of the router kernels: e <= 32, 64, 128, 256, 512, 1024.
+    (400, 200, 2, 1.25, true, Logits::Normal),
+    (333, 500, 1, 1.0, false, Logits::Ties),
 ];
 
 fn logits(r: &mut impl Rng, n: usize, e: usize, kind: Logits) -> Vec<f32> {
@@ -187,7 +190,7 @@ fn routing_matches_the_cpu_exactly() {
 fn router_backward_matches_the_cpu() {
     let Some((g, c)) = gpu("router_backward_matches_the_cpu") else { return };
     let mut r = common::rng(402);
-    for case in [ROUTING_CASES[1], ROUTING_CASES[3], ROUTING_CASES[4], ROUTING_CASES[5], ROUTING_CASES[7]] {
+    for case in ROUTING_CASES {
         let (n, e, k, ..) = case;
         let rp = router_params(case);
         let z = logits(&mut r, n, e, case.5);

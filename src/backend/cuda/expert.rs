@@ -18,7 +18,7 @@ const TILE: usize = 128;
 /// Threads per GEMM CTA (8 warps).
 const THREADS: u32 = 256;
 /// Dynamic shared memory per GEMM CTA: 3 stages of 128x32 A and B tiles.
-const SMEM: u32 = 61_440;
+pub(super) const SMEM: u32 = 61_440;
 /// Threads of the schedule kernel (one per expert, up to 1024).
 const SCHEDULE_BLOCK: u32 = 1024;
 /// Threads per bias-gradient block (one column each).

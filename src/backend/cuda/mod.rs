@@ -141,6 +141,17 @@ pub fn block_size(name: &str) -> u32 {
     }
 }
 
+/// Dynamic shared memory the launchers give kernel `name`: the expert GEMMs'
+/// cp.async ring; every other kernel has static shared memory only (which
+/// the ptxas report lists).
+pub fn dynamic_smem(name: &str) -> u32 {
+    if [kernels::EXPERT_FWD.name, kernels::EXPERT_DX.name, kernels::EXPERT_DW.name].contains(&name) {
+        expert::SMEM
+    } else {
+        0
+    }
+}
+
 /// Whether the CUDA kernels can run `cfg`: a head dimension with an
 /// attention kernel, and for MoE layers the expert counts, top-k and FFN
 /// width the router and expert kernels support. Needs no GPU, so configs are

@@ -3,7 +3,8 @@
 //! offsets, slot assignment) and the backward into the router logits.
 
 use super::kernels::{
-    ROUTER_ASSIGN, ROUTER_BWD, ROUTER_COUNT, ROUTER_FINISH, ROUTER_JITTER, ROUTER_JITTER_BWD, ROUTER_STATS, ROUTER_TOPK,
+    ROUTER_ASSIGN, ROUTER_BWD, ROUTER_BWD_WIDE, ROUTER_COUNT, ROUTER_FINISH, ROUTER_JITTER, ROUTER_JITTER_BWD, ROUTER_STATS,
+    ROUTER_TOPK, ROUTER_TOPK_WIDE,
 };
 use super::params::{RouterBwdParams, RouterFwdParams, RouterJitterParams};
 use super::{grid_1d, Cuda, CudaBuf, CudaIBuf};
@@ -20,8 +21,11 @@ const CHUNK: usize = 256;
 const TOK_CHUNK: usize = 256;
 /// Threads of `router_finish` (one per expert, up to the 1024 supported).
 const FINISH_BLOCK: u32 = 1024;
-/// Largest expert count and top-k the kernels support.
+/// Largest expert count the kernels support.
 pub const MAX_EXPERTS: usize = 1024;
+/// Experts up to which `router_topk`/`router_bwd` run; above, their `_wide`
+/// variants (which hold up to 1024 logits per warp in registers).
+const NARROW_EXPERTS: usize = 128;
 /// Largest top-k the kernels support.
 pub const MAX_TOP_K: usize = 8;
 
@@ -115,7 +119,8 @@ pub(super) fn fwd(
         aux_coef: rp.aux_coef,
         z_coef: rp.z_coef,
     };
-    cu.launch(ROUTER_TOPK, (n.div_ceil(TOKENS_PER_BLOCK) as u32, 1, 1), BLOCK, 0, p);
+    let topk = if e <= NARROW_EXPERTS { ROUTER_TOPK } else { ROUTER_TOPK_WIDE };
+    cu.launch(topk, (n.div_ceil(TOKENS_PER_BLOCK) as u32, 1, 1), BLOCK, 0, p);
     cu.launch(ROUTER_COUNT, (chunks as u32, 1, 1), BLOCK, 0, p);
     cu.launch(ROUTER_STATS, (tok_chunks as u32, 1, 1), BLOCK, 0, p);
     cu.launch(ROUTER_FINISH, (1, 1, 1), FINISH_BLOCK, 0, p);
@@ -153,5 +158,6 @@ pub(super) fn bwd(
         z_coef: rp.z_coef,
         dloss,
     };
-    cu.launch(ROUTER_BWD, (n.div_ceil(TOKENS_PER_BLOCK) as u32, 1, 1), BLOCK, 0, p);
+    let bwd = if e <= NARROW_EXPERTS { ROUTER_BWD } else { ROUTER_BWD_WIDE };
+    cu.launch(bwd, (n.div_ceil(TOKENS_PER_BLOCK) as u32, 1, 1), BLOCK, 0, p);
 }
