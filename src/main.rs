@@ -348,7 +348,8 @@ fn cmd_kernels(json: bool) -> Result<ExitCode> {
     use std::fmt::Write as _;
     let mut t = String::new();
     writeln!(t, "kernels compiled by nvcc {nvcc}; ptxas resources per kernel and architecture").unwrap();
-    writeln!(t, "(smem: static + the launchers' dynamic shared memory per block; occupancy: theoretical resident").unwrap();
+    writeln!(t, "(smem: static + the launchers' dynamic shared memory per block; occupancy: theoretical resident")
+        .unwrap();
     writeln!(t, " warps / 64 at the launchers' block size)").unwrap();
     writeln!(
         t,

@@ -3,8 +3,8 @@
 //! offsets, slot assignment) and the backward into the router logits.
 
 use super::kernels::{
-    ROUTER_ASSIGN, ROUTER_BWD, ROUTER_BWD_WIDE, ROUTER_COUNT, ROUTER_FINISH, ROUTER_JITTER, ROUTER_JITTER_BWD, ROUTER_STATS,
-    ROUTER_TOPK, ROUTER_TOPK_WIDE,
+    ROUTER_ASSIGN, ROUTER_BWD, ROUTER_BWD_WIDE, ROUTER_COUNT, ROUTER_FINISH, ROUTER_JITTER, ROUTER_JITTER_BWD,
+    ROUTER_STATS, ROUTER_TOPK, ROUTER_TOPK_WIDE,
 };
 use super::params::{RouterBwdParams, RouterFwdParams, RouterJitterParams};
 use super::{grid_1d, Cuda, CudaBuf, CudaIBuf};
