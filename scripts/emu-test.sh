@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 emu=$(tests/emu/build.sh)
 export LD_LIBRARY_PATH="$emu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export SWITCHYARD_REQUIRE_GPU=1
+# No progress bar: its carriage returns would garble the summary line of scripts/test.sh.
+export CARGO_TERM_PROGRESS_WHEN=never
 filter=(moe_micro)
 [[ "${1:-}" == "--all" ]] && filter=()
 log=$(mktemp)

@@ -108,3 +108,19 @@ fn capacity_formula() {
     assert_eq!(capacity(0.0, 2, 10, 3), 10);
     assert_eq!(capacity(-1.0, 1, 10, 3), 10);
 }
+
+#[test]
+fn capacity_that_rounds_to_zero_is_refused_with_the_fix() {
+    // C = ceil(cf * k * N / E) is at least 1 for any cf whose product does not
+    // underflow; the smallest subnormal factor over 1024 experts and one token does.
+    let msg = config_err(with(&[
+        "model.n_experts=1024",
+        "model.capacity_factor=5e-324",
+        "train.batch_size=1",
+        "train.seq_len=1",
+    ]));
+    assert!(
+        msg.contains("model.capacity_factor") && msg.contains("capacity of 0 tokens") && msg.contains("dropless"),
+        "{msg}"
+    );
+}
