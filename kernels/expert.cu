@@ -278,45 +278,62 @@ extern "C" __global__ void __launch_bounds__(kScheduleThreads) expert_schedule(E
     if (x == 0) p.tile_start[0] = 0;
 }
 
-extern "C" __global__ void __launch_bounds__(kThreads) expert_fwd(ExpertParams p) {
-    const RowTile rt = row_tile(p);
-    if (rt.rows <= 0) return;
-    SY_DYNAMIC_SMEM(uint16_t, smem);
-    const int n0 = blockIdx.x * kTileN;
+/*
+ * Operands of a row-tile product out[rows, cols] = a[rows, K] @ op(w[x]): A is
+ * the tile's rows of a ([M, K]), B expert x's weight ([k, n], n contiguous),
+ * read as [K][cols] in the forward (K = k) and as [cols][K] in dx (K = n).
+ */
+static __device__ __forceinline__ Operands row_tile_operands(const ExpertParams& p, const RowTile& rt, int K, int cols,
+                                                             int col0) {
     Operands o;
     o.a = p.a;
-    o.lda = p.k;
+    o.lda = K;
     o.a_row0 = rt.row0;
     o.a_rows = rt.rows;
     o.a_col0 = 0;
-    o.a_cols = p.k;
+    o.a_cols = K;
     o.b = p.b + (long long)rt.x * p.k * p.n;
     o.ldb = p.n;
     o.b_row0 = 0;
-    o.b_col0 = n0;
-    o.b_cols = p.n;
-    o.K = p.k;
-    float acc[kMmaM][kMmaN][4] = {};
-    mainloop<Layout::MK, Layout::KM>(acc, smem, o);
-    const float* bias = p.bias + (long long)rt.x * p.n;
+    o.b_col0 = col0;
+    o.b_cols = cols;
+    o.K = K;
+    return o;
+}
+
+/* f(r, c, v0, v1) for every pair of adjacent accumulators: tile row r, tile
+ * columns c and c + 1 (all output widths are even, so pairs never straddle
+ * the edge). */
+template <class F>
+static __device__ __forceinline__ void for_each_pair(const float (&acc)[kMmaM][kMmaN][4], F&& f) {
 #pragma unroll
     for (int i = 0; i < kMmaM; ++i)
 #pragma unroll
         for (int j = 0; j < kMmaN; ++j)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = acc_row(i, 2 * h), c = n0 + acc_col(j, 0);
-                if (r >= rt.rows || c >= p.n) continue; /* n % 8 == 0: c + 1 < n too */
-                const long long at = (rt.row0 + r) * p.n + c;
-                const float v0 = __fadd_rn(acc[i][j][2 * h], bias[c]);
-                const float v1 = __fadd_rn(acc[i][j][2 * h + 1], bias[c + 1]);
-                *reinterpret_cast<float2*>(p.out + at) = make_float2(v0, v1);
-                if (p.gelu) {
-                    const float g0 = sy_gelu(v0), g1 = sy_gelu(v1);
-                    *reinterpret_cast<float2*>(p.act + at) = make_float2(g0, g1);
-                    *reinterpret_cast<uint32_t*>(p.out_bf16 + at) = sy_pack_bf16x2(g0, g1);
-                }
-            }
+            for (int h = 0; h < 2; ++h) f(acc_row(i, 2 * h), acc_col(j, 0), acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads) expert_fwd(ExpertParams p) {
+    const RowTile rt = row_tile(p);
+    if (rt.rows <= 0) return;
+    SY_DYNAMIC_SMEM(uint16_t, smem);
+    const int n0 = blockIdx.x * kTileN;
+    float acc[kMmaM][kMmaN][4] = {};
+    mainloop<Layout::MK, Layout::KM>(acc, smem, row_tile_operands(p, rt, p.k, p.n, n0));
+    const float* bias = p.bias + (long long)rt.x * p.n;
+    for_each_pair(acc, [&](int r, int c, float a0, float a1) {
+        c += n0;
+        if (r >= rt.rows || c >= p.n) return;
+        const long long at = (rt.row0 + r) * p.n + c;
+        const float v0 = __fadd_rn(a0, bias[c]), v1 = __fadd_rn(a1, bias[c + 1]);
+        *reinterpret_cast<float2*>(p.out + at) = make_float2(v0, v1);
+        if (p.gelu) {
+            const float g0 = sy_gelu(v0), g1 = sy_gelu(v1);
+            *reinterpret_cast<float2*>(p.act + at) = make_float2(g0, g1);
+            *reinterpret_cast<uint32_t*>(p.out_bf16 + at) = sy_pack_bf16x2(g0, g1);
+        }
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(kThreads) expert_dx(ExpertParams p) {
@@ -324,39 +341,20 @@ extern "C" __global__ void __launch_bounds__(kThreads) expert_dx(ExpertParams p)
     if (rt.rows <= 0) return;
     SY_DYNAMIC_SMEM(uint16_t, smem);
     const int n0 = blockIdx.x * kTileN; /* output columns: the k inputs of the forward */
-    Operands o;
-    o.a = p.a;
-    o.lda = p.n;
-    o.a_row0 = rt.row0;
-    o.a_rows = rt.rows;
-    o.a_col0 = 0;
-    o.a_cols = p.n;
-    o.b = p.b + (long long)rt.x * p.k * p.n;
-    o.ldb = p.n;
-    o.b_row0 = 0;
-    o.b_col0 = n0;
-    o.b_cols = p.k;
-    o.K = p.n;
     float acc[kMmaM][kMmaN][4] = {};
-    mainloop<Layout::MK, Layout::MK>(acc, smem, o);
-#pragma unroll
-    for (int i = 0; i < kMmaM; ++i)
-#pragma unroll
-        for (int j = 0; j < kMmaN; ++j)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = acc_row(i, 2 * h), c = n0 + acc_col(j, 0);
-                if (r >= rt.rows || c >= p.k) continue;
-                const long long at = (rt.row0 + r) * p.k + c;
-                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-                if (p.gelu) {
-                    const float2 pre = *reinterpret_cast<const float2*>(p.pre + at);
-                    v0 = __fmul_rn(v0, sy_gelu_grad(pre.x));
-                    v1 = __fmul_rn(v1, sy_gelu_grad(pre.y));
-                }
-                *reinterpret_cast<float2*>(p.out + at) = make_float2(v0, v1);
-                if (p.out_bf16) *reinterpret_cast<uint32_t*>(p.out_bf16 + at) = sy_pack_bf16x2(v0, v1);
-            }
+    mainloop<Layout::MK, Layout::MK>(acc, smem, row_tile_operands(p, rt, p.n, p.k, n0));
+    for_each_pair(acc, [&](int r, int c, float v0, float v1) {
+        c += n0;
+        if (r >= rt.rows || c >= p.k) return;
+        const long long at = (rt.row0 + r) * p.k + c;
+        if (p.gelu) {
+            const float2 pre = *reinterpret_cast<const float2*>(p.pre + at);
+            v0 = __fmul_rn(v0, sy_gelu_grad(pre.x));
+            v1 = __fmul_rn(v1, sy_gelu_grad(pre.y));
+        }
+        *reinterpret_cast<float2*>(p.out + at) = make_float2(v0, v1);
+        if (p.out_bf16) *reinterpret_cast<uint32_t*>(p.out_bf16 + at) = sy_pack_bf16x2(v0, v1);
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(kThreads) expert_dw(ExpertParams p) {
@@ -366,11 +364,12 @@ extern "C" __global__ void __launch_bounds__(kThreads) expert_dw(ExpertParams p)
     if (rows <= 0) return;
     SY_DYNAMIC_SMEM(uint16_t, smem);
     const int i0 = blockIdx.y * kTileM, j0 = blockIdx.x * kTileN;
+    /* A = x^T (tile stored [r][i]), B = dy ([r][j]), both the segment's rows. */
     Operands o;
     o.a = p.a;
     o.lda = p.k;
     o.a_row0 = seg0;
-    o.a_rows = 0;
+    o.a_rows = 0; /* unused for a [k][m] A: its rows are the reduction */
     o.a_col0 = i0;
     o.a_cols = p.k;
     o.b = p.b;
@@ -382,18 +381,14 @@ extern "C" __global__ void __launch_bounds__(kThreads) expert_dw(ExpertParams p)
     float acc[kMmaM][kMmaN][4] = {};
     mainloop<Layout::KM, Layout::KM>(acc, smem, o);
     float* dw = p.out + (long long)x * p.k * p.n;
-#pragma unroll
-    for (int i = 0; i < kMmaM; ++i)
-#pragma unroll
-        for (int j = 0; j < kMmaN; ++j)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = i0 + acc_row(i, 2 * h), c = j0 + acc_col(j, 0);
-                if (r >= p.k || c >= p.n) continue;
-                float2* d = reinterpret_cast<float2*>(dw + (long long)r * p.n + c);
-                const float2 old = *d;
-                *d = make_float2(__fadd_rn(old.x, acc[i][j][2 * h]), __fadd_rn(old.y, acc[i][j][2 * h + 1]));
-            }
+    for_each_pair(acc, [&](int r, int c, float v0, float v1) {
+        r += i0;
+        c += j0;
+        if (r >= p.k || c >= p.n) return;
+        float2* d = reinterpret_cast<float2*>(dw + (long long)r * p.n + c);
+        const float2 old = *d;
+        *d = make_float2(__fadd_rn(old.x, v0), __fadd_rn(old.y, v1));
+    });
 }
 
 /* partial[t, c] = sum of grad[r, c] over the rows of row tile t, in order. */

@@ -337,7 +337,8 @@ typedef struct {
  * fp32 logits [n, e]; assignment a = t*k + j is token t's j-th choice, and
  * the slot order visits s = j*n + t (all first choices, then all second ...):
  *   router_topk:   probs [n, e], expert and gate [n*k] (=); tok_stats [n, 2]
- *                  = (logsumexp, entropy) per token (scratch).
+ *                  = (logsumexp, entropy) per token (scratch). e <= 128;
+ *                  router_topk_wide (the same contract) for e up to 1024.
  *   router_count:  per chunk c of `chunk` consecutive s: rank[a] = number of
  *                  earlier s in the chunk with the same expert, chunk_counts
  *                  [c, e] = the chunk's count per expert (scratch).
@@ -377,9 +378,10 @@ typedef struct {
 } RouterFwdParams;
 
 /*
- * router_bwd: dlogits [n, e] (=) from the gate gradients dgate [n*k] (0 for
- * dropped assignments), the aux loss through P_e (f_e read from stats'
- * assigned counts) and the z-loss, each scaled by dloss (src/backend/cpu/router.rs).
+ * router_bwd (e <= 128; router_bwd_wide up to 1024): dlogits [n, e] (=) from
+ * the gate gradients dgate [n*k] (0 for dropped assignments), the aux loss
+ * through P_e (f_e read from stats' assigned counts) and the z-loss, each
+ * scaled by dloss (src/backend/cpu/router.rs).
  */
 typedef struct {
     float* dlogits;

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::gpu::{assert_bits, assert_close, bf16_round, gpu, poisoned, poisoned_i, up, up_i};
+use common::gpu::{assert_bits, assert_close, bf16_copy, bf16_round, gpu, poisoned, poisoned_i, up, up_i};
 use rand::Rng;
 use switchyard::backend::cpu::{activation::gelu, router::jitter_mult, Cpu};
 use switchyard::backend::cuda::{self, Cuda};
@@ -252,10 +252,8 @@ fn dispatch_and_combine_match_the_cpu() {
         let mut gxe = poisoned(&g, rows * d);
         g.dispatch_fwd(&mut gxe, &up(&g, &x), &gra, rows, k, d);
         assert_bits(&format!("dispatch_fwd d={d}"), &g.download(&gxe), &xe);
-        let copy = g.bf16_copy(&gxe).expect("dispatch_fwd writes the bf16 operand copy");
-        let want16 = bf16_round(&xe[..used * d]);
-        let got16: Vec<f32> = copy[..used * d].iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
-        assert_bits(&format!("dispatch_fwd bf16 copy d={d}"), &got16, &want16);
+        let what = format!("dispatch_fwd bf16 copy d={d}");
+        assert_bits(&what, &bf16_copy(&g, &gxe, used * d, &what), &bf16_round(&xe[..used * d]));
 
         let (dxe, dx0) = (common::normal(&mut r, rows * d), common::normal(&mut r, n * d));
         let mut dx = dx0.clone();
@@ -358,9 +356,8 @@ fn grouped_gemm_forward_matches_the_cpu() {
         let gelu_of_pre: Vec<f32> = gpre[..used * n].iter().map(|&p| gelu(p)).collect();
         assert_bits(&format!("grouped fwd+gelu act {what}"), used_rows(&gact, used, n), &gelu_of_pre);
         assert_untouched(&format!("grouped fwd+gelu act {what}"), &gact, used * n);
-        let copy = g.bf16_copy(&act).expect("the fused epilogue writes act's bf16 copy");
-        let got16: Vec<f32> = copy[..used * n].iter().map(|&h| f32::from_bits((h as u32) << 16)).collect();
-        assert_bits(&format!("grouped fwd+gelu bf16 copy {what}"), &got16, &bf16_round(&gelu_of_pre));
+        let tag = format!("grouped fwd+gelu bf16 copy {what}");
+        assert_bits(&tag, &bf16_copy(&g, &act, used * n, &tag), &bf16_round(&gelu_of_pre));
     }
 }
 
@@ -402,9 +399,8 @@ fn grouped_gemm_backward_matches_the_cpu() {
             assert_close(&format!("grouped {tag} dw {what}"), &g.download(&gdw), &dw, 1e-4);
             assert_close(&format!("grouped {tag} db {what}"), &g.download(&gdb), &db, 1e-5);
             if fused {
-                let copy = g.bf16_copy(&gdx).expect("the fused dx epilogue writes its bf16 copy");
-                let got16: Vec<f32> = copy[..used * k].iter().map(|&h| f32::from_bits((h as u32) << 16)).collect();
-                assert_bits(&format!("grouped {tag} bf16 copy {what}"), &got16, &bf16_round(&got_dx[..used * k]));
+                let label = format!("grouped {tag} bf16 copy {what}");
+                assert_bits(&label, &bf16_copy(&g, &gdx, used * k, &label), &bf16_round(&got_dx[..used * k]));
             }
         }
     }

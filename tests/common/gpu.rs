@@ -77,6 +77,13 @@ pub fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
+/// The first `len` values of the bf16 copy a kernel wrote beside `buf`, as
+/// f32; panics naming `what` if the kernel left none.
+pub fn bf16_copy(g: &Cuda, buf: &CudaBuf, len: usize, what: &str) -> Vec<f32> {
+    let copy = g.bf16_copy(buf).unwrap_or_else(|| panic!("{what}: no valid bf16 copy was written"));
+    copy[..len].iter().map(|&h| f32::from_bits((h as u32) << 16)).collect()
+}
+
 /// Round to bf16 (nearest even) and back, as the device casts do.
 pub fn bf16_round(v: &[f32]) -> Vec<f32> {
     v.iter()

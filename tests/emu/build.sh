@@ -53,8 +53,12 @@ done
 fail=0
 for pid in "${pids[@]}"; do wait "$pid" || fail=1; done
 [[ $fail == 0 ]] || { echo "error: the emulator did not compile" >&2; exit 1; }
-"$cxx" -shared -o "$out/libcuda.so" "$out/obj/runtime.o" "$out/obj/driver.o" "${objs[@]}"
-"$cxx" -shared -o "$out/libcublas.so" "$out/obj/cublas.o"
+# Link beside and rename: a test still running on the old library keeps its
+# mapping (a new inode) instead of reading a half-written file.
+"$cxx" -shared -o "$out/libcuda.so.new" "$out/obj/runtime.o" "$out/obj/driver.o" "${objs[@]}"
+"$cxx" -shared -o "$out/libcublas.so.new" "$out/obj/cublas.o"
+mv -f "$out/libcuda.so.new" "$out/libcuda.so"
+mv -f "$out/libcublas.so.new" "$out/libcublas.so"
 ln -sf libcuda.so "$out/libcuda.so.1"
 ln -sf libcublas.so "$out/libcublas.so.13"
 echo "$out"

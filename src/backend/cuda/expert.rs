@@ -37,13 +37,7 @@ fn supported(cu: &Cuda, op: &str, rows: usize, e: usize, k: usize, n: usize) -> 
     } else {
         None
     };
-    match why {
-        Some(w) => {
-            cu.refuse(op, w);
-            false
-        }
-        None => true,
-    }
+    cu.accept(op, why)
 }
 
 /// Row-tile starts of the current segments; returns `(tile_start, max_tiles)`.

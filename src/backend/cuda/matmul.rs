@@ -12,7 +12,18 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 
 use super::{Cuda, CudaBuf};
 
-/// `c (=|+=) op(a) @ op(b)`, shapes as [`crate::backend::Backend::matmul`].
+/// Operand precision of a cuBLAS matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Operands {
+    /// bf16 (the parameters' copies, or casts into scratch): every dense matmul.
+    Bf16,
+    /// fp32 as stored: the router (DESIGN.md §3).
+    Fp32,
+}
+
+/// `c (=|+=) op(a) @ op(b)`, shapes as [`crate::backend::Backend::matmul`],
+/// with operands of the given precision.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     cu: &Cuda,
     c: &mut CudaBuf,
@@ -21,8 +32,13 @@ pub(super) fn matmul(
     (m, k, n): (usize, usize, usize),
     (ta, tb): (bool, bool),
     accumulate: bool,
+    operands: Operands,
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul: buffer smaller than its shape");
+    let op = match operands {
+        Operands::Bf16 => "matmul",
+        Operands::Fp32 => "matmul_fp32",
+    };
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "{op}: buffer smaller than its shape");
     if cu.failed() || m == 0 || n == 0 {
         return;
     }
@@ -34,40 +50,13 @@ pub(super) fn matmul(
         return;
     }
     if [m, k, n].iter().any(|&x| x > i32::MAX as usize) {
-        return cu.refuse("matmul", format!("dimension over 2^31 ({m} x {k} x {n})"));
+        return cu.refuse(op, format!("dimension over 2^31 ({m} x {k} x {n})"));
     }
-    let a16 = cu.bf16_of(a, "matmul.a");
-    let b16 = cu.bf16_of(b, "matmul.b");
-    gemm(cu, c, (a16, b16, cudaDataType::CUDA_R_16BF), (m, k, n), (ta, tb), accumulate);
-}
-
-/// `c (=|+=) op(a) @ op(b)` with fp32 operands (the router's logits and
-/// their gradients, DESIGN.md §3).
-pub(super) fn matmul_fp32(
-    cu: &Cuda,
-    c: &mut CudaBuf,
-    a: &CudaBuf,
-    b: &CudaBuf,
-    (m, k, n): (usize, usize, usize),
-    (ta, tb): (bool, bool),
-    accumulate: bool,
-) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul_fp32: buffer smaller than its shape");
-    if cu.failed() || m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            let p = cu.out(c);
-            super::elementwise::fill_zero(cu, p, m * n);
-        }
-        return;
-    }
-    if [m, k, n].iter().any(|&x| x > i32::MAX as usize) {
-        return cu.refuse("matmul_fp32", format!("dimension over 2^31 ({m} x {k} x {n})"));
-    }
-    let (a32, b32) = (cu.ptr(&a.data), cu.ptr(&b.data));
-    gemm(cu, c, (a32, b32, cudaDataType::CUDA_R_32F), (m, k, n), (ta, tb), accumulate);
+    let ab = match operands {
+        Operands::Bf16 => (cu.bf16_of(a, "matmul.a"), cu.bf16_of(b, "matmul.b"), cudaDataType::CUDA_R_16BF),
+        Operands::Fp32 => (cu.ptr(&a.data), cu.ptr(&b.data), cudaDataType::CUDA_R_32F),
+    };
+    gemm(cu, c, ab, (m, k, n), (ta, tb), accumulate);
 }
 
 /// One `cublasGemmEx` of row-major `c = op(a) op(b)` (operands of `dtype` at

@@ -327,6 +327,17 @@ impl Cuda {
         self.fail(format!("{op}: {why}"));
     }
 
+    /// `true` when `why` is `None`; otherwise refuse `op` for that reason.
+    fn accept(&self, op: &str, why: Option<String>) -> bool {
+        match why {
+            Some(w) => {
+                self.refuse(op, w);
+                false
+            }
+            None => true,
+        }
+    }
+
     fn function(&self, k: Kernel) -> std::result::Result<CudaFunction, String> {
         if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(k.name) {
             return Ok(f.clone());
@@ -621,7 +632,7 @@ impl Backend for Cuda {
         tb: bool,
         accumulate: bool,
     ) {
-        matmul::matmul(self, c, a, b, (m, k, n), (ta, tb), accumulate);
+        matmul::matmul(self, c, a, b, (m, k, n), (ta, tb), accumulate, matmul::Operands::Bf16);
     }
 
     fn add_bias(&self, out: &mut CudaBuf, bias: &CudaBuf, rows: usize, n: usize) {
@@ -678,7 +689,7 @@ impl Backend for Cuda {
         tb: bool,
         accumulate: bool,
     ) {
-        matmul::matmul_fp32(self, c, a, b, (m, k, n), (ta, tb), accumulate);
+        matmul::matmul(self, c, a, b, (m, k, n), (ta, tb), accumulate, matmul::Operands::Fp32);
     }
 
     fn grouped_matmul_gelu(

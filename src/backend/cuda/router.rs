@@ -42,13 +42,7 @@ fn supported(cu: &Cuda, op: &str, rp: &RouterParams) -> bool {
     } else {
         None
     };
-    match why {
-        Some(w) => {
-            cu.refuse(op, w);
-            false
-        }
-        None => true,
-    }
+    cu.accept(op, why)
 }
 
 /// `mult = U(1-eps, 1+eps)` (counter-based), `out = x * mult`.
