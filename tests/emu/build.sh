@@ -16,7 +16,9 @@ cxx="${CXX:-g++}"
 # -ffp-contract=off: a*b+c stays two roundings, as the kernels' __f*_rn
 # intrinsics (and the CPU reference) require; nvcc contracts elsewhere, which
 # tolerance-based tests absorb.
-flags=(-std=c++17 -O2 -g -fPIC -ffp-contract=off -fno-strict-aliasing -Wall -Wno-unknown-pragmas
+# -fvisibility=hidden: calls between the kernels and the runtime stay direct
+# (only the driver and cuBLAS entry points are exported).
+flags=(-std=c++17 -O2 -g -fPIC -march=x86-64-v3 -fvisibility=hidden -ffp-contract=off -fno-strict-aliasing -Wall -Wno-unknown-pragmas
        -Wno-unused-function -Wno-unused-variable -Wno-unused-but-set-variable -I"$emu/include")
 
 objs=()
@@ -46,7 +48,7 @@ PY
     pids+=($!)
 done
 for part in runtime driver cublas; do
-    extra=(); [[ $part == cublas ]] && extra=(-O3 -march=x86-64-v3)
+    extra=(); [[ $part == cublas ]] && extra=(-O3)
     "$cxx" "${flags[@]}" "${extra[@]}" -c "$emu/$part.cpp" -o "$out/obj/$part.o" &
     pids+=($!)
 done

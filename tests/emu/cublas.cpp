@@ -64,6 +64,8 @@ Status gemm(int ta, int tb, int m, int n, int k, const float* alpha, const void*
 
 }  // namespace
 
+/* The library is built with hidden visibility; these are its exports. */
+#pragma GCC visibility push(default)
 extern "C" {
 
 Status cublasCreate_v2(void** h) {
@@ -91,3 +93,4 @@ Status cublasGemmStridedBatchedEx(void*, int ta, int tb, int m, int n, int k, co
 const char* cublasGetStatusString(Status s) { return s == kOk ? "CUBLAS_STATUS_SUCCESS" : "cuBLAS error (emulator)"; }
 
 }  /* extern "C" */
+#pragma GCC visibility pop

@@ -88,6 +88,8 @@ void* host(CUdeviceptr p) { return reinterpret_cast<void*>(p); }
 
 }  // namespace
 
+/* The library is built with hidden visibility; these are its exports. */
+#pragma GCC visibility push(default)
 extern "C" {
 
 CUresult cuInit(unsigned) { return kOk; }
@@ -280,3 +282,4 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
 }
 
 }  /* extern "C" */
+#pragma GCC visibility pop

@@ -12,9 +12,12 @@
  *   - ldmatrix rows or cp.async addresses that are not 16-byte aligned,
  *   - a segmentation fault (device buffers end at a PROT_NONE page, see
  *     driver.cpp, so reading or writing past the end of one faults).
- * Fibers run in thread order until they block, so a lane runs far ahead of
- * its warp between collectives: code that relies on implicit warp lockstep
- * (no __syncwarp) reads stale shared memory here, as it may on hardware.
+ * A fiber runs until it blocks, then hands the thread straight to the next
+ * ready fiber (first come, first served; the block starts in thread order),
+ * so a lane runs far ahead of its warp between collectives: code that relies
+ * on implicit warp lockstep (no __syncwarp) reads stale shared memory here,
+ * as it may on hardware. mma.sync is computed once per warp, by the last
+ * lane to arrive.
  * cp.async copies happen at the issuing thread's cp.async.wait_group, so
  * shared memory read before the wait holds old data. Dynamic shared memory is
  * NaN-filled (0xFF bytes) at the start of every block.
@@ -95,12 +98,16 @@ struct Warp {
     unsigned mask = 0;  /* the pending collective's mask */
     int words = 0;      /* and its width, to catch mismatched collectives */
     unsigned live = 0;  /* lanes not yet exited */
-    uint64_t slots[2][32][16];
+    uint64_t slots[2][32][kSlotWords];
 };
 
 struct Block {
     dim3 grid, block, idx;
     std::vector<Fiber> fibers;
+    /* Runnable fibers not running now, in the order they became runnable
+     * (a ring of fibers.size() entries: each fiber is in it at most once). */
+    std::vector<Fiber*> ready;
+    size_t head = 0, count = 0;
     std::vector<Warp> warps;
     int live = 0;
     int arrived = 0;
@@ -155,14 +162,38 @@ void install_handler() {
     sigaction(SIGBUS, &sa, nullptr);
 }
 
-void yield() { sy_emu_switch(&g_cur->sp, g_sched_sp); }
+void make_ready(Fiber& f) {
+    Block& b = *g_block;
+    f.state = State::Runnable;
+    b.ready[(b.head + b.count) % b.ready.size()] = &f;
+    b.count += 1;
+}
+
+/* Hand the OS thread from the running fiber to the next ready one, or back to
+ * the scheduler when none is ready (the block is done, or deadlocked). The
+ * caller has already recorded why it stops (waiting, or done). */
+void switch_away() {
+    Block& b = *g_block;
+    Fiber* from = g_cur;
+    if (b.count == 0) {
+        sy_emu_switch(&from->sp, g_sched_sp);
+        return;
+    }
+    Fiber* to = b.ready[b.head];
+    b.head = (b.head + 1) % b.ready.size();
+    b.count -= 1;
+    g_cur = to;
+    if (to != from) sy_emu_switch(&from->sp, to->sp);
+}
 
 void release_warp(Warp& w, int warp) {
     Block& b = *g_block;
     for (unsigned l = 0; l < 32; ++l) {
         const size_t t = (size_t)warp * 32 + l;
-        if (t < b.fibers.size() && b.fibers[t].state == State::WaitWarp) b.fibers[t].state = State::Runnable;
+        if (t < b.fibers.size() && b.fibers[t].state == State::WaitWarp && &b.fibers[t] != g_cur)
+            make_ready(b.fibers[t]);
     }
+    g_cur->state = State::Runnable; /* the releasing lane runs on */
     w.arrived = 0;
     w.mask = 0;
     w.words = 0;
@@ -170,7 +201,8 @@ void release_warp(Warp& w, int warp) {
 
 void release_block() {
     for (Fiber& f : g_block->fibers)
-        if (f.state == State::WaitBlock) f.state = State::Runnable;
+        if (f.state == State::WaitBlock && &f != g_cur) make_ready(f);
+    if (g_cur && g_cur->state == State::WaitBlock) g_cur->state = State::Runnable;
     g_block->arrived = 0;
 }
 
@@ -185,7 +217,7 @@ void release_block() {
     if (w.arrived > 0 && (w.mask >> (f.tid % 32)) & 1u)
         die("%s", "exited while its warp waits for it at a collective (divergent __shfl/ldmatrix/mma)");
     if (b.arrived > 0 && b.arrived == b.live) release_block();
-    sy_emu_switch(&f.sp, g_sched_sp);
+    switch_away();
     std::abort(); /* never resumed */
 }
 
@@ -231,23 +263,22 @@ void run_block(Block& b) {
         f.sp = fresh_stack(f.stack);
         f.groups.assign(1, {});
     }
-    for (;;) {
-        bool ran = false;
-        for (Fiber& f : b.fibers) {
-            if (f.state != State::Runnable) continue;
-            g_cur = &f;
-            sy_emu_switch(&g_sched_sp, f.sp);
-            ran = true;
-        }
-        g_cur = nullptr;
-        if (b.live == 0) return;
-        if (!ran) {
-            std::string s;
-            for (Fiber& f : b.fibers)
-                if (f.state != State::Done)
-                    s += " t" + std::to_string(f.tid) + (f.state == State::WaitBlock ? ":__syncthreads" : ":warp");
-            die("deadlock: live threads wait at barriers the others never reach:%s", s);
-        }
+    b.ready.assign(n, nullptr);
+    b.head = 0;
+    b.count = 0;
+    for (Fiber& f : b.fibers) make_ready(f);
+    /* Start the first fiber; control comes back when no fiber is ready. */
+    g_cur = b.ready[0];
+    b.head = 1 % n;
+    b.count -= 1;
+    sy_emu_switch(&g_sched_sp, g_cur->sp);
+    g_cur = nullptr;
+    if (b.live != 0) {
+        std::string s;
+        for (Fiber& f : b.fibers)
+            if (f.state != State::Done)
+                s += " t" + std::to_string(f.tid) + (f.state == State::WaitBlock ? ":__syncthreads" : ":warp");
+        die("deadlock: live threads wait at barriers the others never reach:%s", s);
     }
 }
 
@@ -271,10 +302,12 @@ void syncthreads() {
     g_cur->state = State::WaitBlock;
     b.arrived += 1;
     if (b.arrived == b.live) release_block();
-    if (g_cur->state != State::Runnable) yield();
+    if (g_cur->state != State::Runnable) switch_away();
 }
 
-void warp_exchange(unsigned mask, const uint64_t* mine, int words, uint64_t* all) {
+/* The rendezvous of every collective; `complete` (if any) runs once, in the
+ * last lane to arrive, on the whole deposit block before anyone reads it. */
+static const uint64_t* exchange(unsigned mask, const uint64_t* mine, int words, void (*complete)(uint64_t* slots)) {
     Block& b = *g_block;
     Fiber& f = *g_cur;
     const unsigned lane = f.tid % 32;
@@ -290,54 +323,75 @@ void warp_exchange(unsigned mask, const uint64_t* mine, int words, uint64_t* all
     for (int i = 0; i < words; ++i) w.slots[p][lane][i] = mine[i];
     w.arrived += 1;
     f.state = State::WaitWarp;
-    if (w.arrived == __builtin_popcount(mask)) release_warp(w, (int)(f.tid / 32));
-    if (f.state != State::Runnable) yield();
-    for (int l = 0; l < 32; ++l)
-        for (int i = 0; i < words; ++i) all[l * words + i] = ((mask >> l) & 1u) ? w.slots[p][l][i] : 0;
+    if (w.arrived == __builtin_popcount(mask)) {
+        if (complete) complete(&w.slots[p][0][0]);
+        release_warp(w, (int)(f.tid / 32));
+    }
+    if (f.state != State::Runnable) switch_away();
+    /* Lanes outside the mask never deposit; their slots are stale and unread. */
+    return &w.slots[p][0][0];
 }
 
-void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-    uint64_t mine[10], all[32 * 10];
-    for (int i = 0; i < 4; ++i) mine[i] = a[i];
-    for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
-    for (int i = 0; i < 4; ++i) mine[6 + i] = to_word(d[i]);
-    warp_exchange(0xffffffffu, mine, 10, all);
-    auto half = [](uint64_t reg, int hi) { return __uint_as_float(((uint32_t)(reg >> (16 * hi)) & 0xffffu) << 16); };
-    /* PTX ISA "mma.m16n8k16" fragments, g = lane / 4, q = lane % 4. */
-    auto A = [&](int r, int c) {
-        const int lane = (r % 8) * 4 + (c % 8) / 2, reg = (r >= 8 ? 1 : 0) + (c >= 8 ? 2 : 0);
-        return half(all[lane * 10 + reg], c % 2);
-    };
-    auto B = [&](int k, int n) {
-        const int lane = n * 4 + (k % 8) / 2, reg = k >= 8 ? 1 : 0;
-        return half(all[lane * 10 + 4 + reg], k % 2);
-    };
-    const int lane = (int)(g_cur->tid % 32), g = lane / 4, q = lane % 4;
-    for (int i = 0; i < 4; ++i) {
-        const int r = g + (i >= 2 ? 8 : 0), n = 2 * q + (i % 2);
-        double acc = d[i];
-        for (int k = 0; k < 16; ++k) acc += (double)A(r, k) * (double)B(k, n);
-        d[i] = (float)acc;
+const uint64_t* warp_exchange(unsigned mask, const uint64_t* mine, int words) {
+    return exchange(mask, mine, words, nullptr);
+}
+
+/* mma.sync.m16n8k16 for the whole warp at once: words 0-3 of each lane's slot
+ * hold its A registers, 4-5 its B registers, 6-9 its C in and D out (PTX ISA
+ * fragment layouts, g = lane / 4, q = lane % 4; products exact, sums in f64,
+ * one rounding per output). */
+static void mma_complete(uint64_t* slots) {
+    auto half = [](uint64_t reg, int hi) { return (double)__uint_as_float(((uint32_t)(reg >> (16 * hi)) & 0xffffu) << 16); };
+    double A[16][16], B[16][8];
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c) {
+            const int lane = (r % 8) * 4 + (c % 8) / 2, reg = (r >= 8 ? 1 : 0) + (c >= 8 ? 2 : 0);
+            A[r][c] = half(slots[lane * kSlotWords + reg], c % 2);
+        }
+    for (int k = 0; k < 16; ++k)
+        for (int n = 0; n < 8; ++n) {
+            const int lane = n * 4 + (k % 8) / 2, reg = k >= 8 ? 1 : 0;
+            B[k][n] = half(slots[lane * kSlotWords + 4 + reg], k % 2);
+        }
+    for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, q = lane % 4;
+        for (int i = 0; i < 4; ++i) {
+            const int r = g + (i >= 2 ? 8 : 0), n = 2 * q + (i % 2);
+            uint64_t& cd = slots[lane * kSlotWords + 6 + i];
+            double acc = from_word<float>(cd);
+            for (int k = 0; k < 16; ++k) acc += A[r][k] * B[k][n];
+            cd = to_word((float)acc);
+        }
     }
 }
 
+void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    uint64_t mine[10];
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
+    for (int i = 0; i < 4; ++i) mine[6 + i] = to_word(d[i]);
+    const uint64_t* all = exchange(0xffffffffu, mine, 10, mma_complete);
+    const int lane = (int)(g_cur->tid % 32);
+    for (int i = 0; i < 4; ++i) d[i] = from_word<float>(all[lane * kSlotWords + 6 + i]);
+}
+
 void ldmatrix(uint32_t* r, int count, bool trans, const void* row_addr) {
-    uint64_t mine = reinterpret_cast<uint64_t>(row_addr), all[32];
-    warp_exchange(0xffffffffu, &mine, 1, all);
+    const uint64_t mine = reinterpret_cast<uint64_t>(row_addr);
+    const uint64_t* all = warp_exchange(0xffffffffu, &mine, 1);
     const int lane = (int)(g_cur->tid % 32);
     for (int m = 0; m < count; ++m)
         for (int j = 0; j < 8; ++j)
-            if (all[m * 8 + j] % 16 != 0) die("%s", "ldmatrix row address is not 16-byte aligned");
+            if (all[(m * 8 + j) * kSlotWords] % 16 != 0) die("%s", "ldmatrix row address is not 16-byte aligned");
     const int g = lane / 4, q = lane % 4;
     for (int m = 0; m < count; ++m) {
         uint16_t lo, hi;
         if (!trans) {
-            const uint16_t* row = reinterpret_cast<const uint16_t*>(all[m * 8 + g]);
+            const uint16_t* row = reinterpret_cast<const uint16_t*>(all[(m * 8 + g) * kSlotWords]);
             lo = row[2 * q];
             hi = row[2 * q + 1];
         } else {
-            lo = reinterpret_cast<const uint16_t*>(all[m * 8 + 2 * q])[g];
-            hi = reinterpret_cast<const uint16_t*>(all[m * 8 + 2 * q + 1])[g];
+            lo = reinterpret_cast<const uint16_t*>(all[(m * 8 + 2 * q) * kSlotWords])[g];
+            hi = reinterpret_cast<const uint16_t*>(all[(m * 8 + 2 * q + 1) * kSlotWords])[g];
         }
         r[m] = (uint32_t)lo | ((uint32_t)hi << 16);
     }

@@ -43,10 +43,12 @@ void* dynamic_smem();
 
 /* Block barrier and warp collectives (every live lane of the warp calls them
  * with the same kind; a lane that exited early and is named in the mask is a
- * kernel bug and aborts the emulation). `words` 64-bit values go in, the
- * deposits of all 32 lanes come back through `all` ([32][words]). */
+ * kernel bug and aborts the emulation). `words` (<= kSlotWords) 64-bit
+ * values go in; the result holds every lane's deposit, lane l's at
+ * [l * kSlotWords], valid until the caller's next-but-one collective. */
+constexpr int kSlotWords = 16;
 void syncthreads();
-void warp_exchange(unsigned mask, const uint64_t* mine, int words, uint64_t* all);
+const uint64_t* warp_exchange(unsigned mask, const uint64_t* mine, int words);
 
 /* Tensor-core and async-copy instructions, with PTX semantics. */
 void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
@@ -63,8 +65,8 @@ void cp_async_wait(int pending);
 
 inline void __syncthreads() { ::sy_emu::syncthreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
-    uint64_t all[32], mine = 0;
-    ::sy_emu::warp_exchange(mask, &mine, 1, all);
+    const uint64_t mine = 0;
+    ::sy_emu::warp_exchange(mask, &mine, 1);
 }
 
 /* ---- vector types ---------------------------------------------------- */
@@ -158,64 +160,58 @@ inline int lane_id() { return (int)((thread_idx().x + block_dim().x * (thread_id
 
 template <class T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-    uint64_t all[32];
     const uint64_t mine = ::sy_emu::to_word(v);
-    ::sy_emu::warp_exchange(mask, &mine, 1, all);
+    const uint64_t* all = ::sy_emu::warp_exchange(mask, &mine, 1);
     const int lane = ::sy_emu::lane_id();
     const int base = lane & ~(width - 1);
-    return ::sy_emu::from_word<T>(all[base + (src & (width - 1))]);
+    return ::sy_emu::from_word<T>(all[(base + (src & (width - 1))) * ::sy_emu::kSlotWords]);
 }
 template <class T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
-    uint64_t all[32];
     const uint64_t mine = ::sy_emu::to_word(v);
-    ::sy_emu::warp_exchange(mask, &mine, 1, all);
+    const uint64_t* all = ::sy_emu::warp_exchange(mask, &mine, 1);
     const int lane = ::sy_emu::lane_id();
     const int src = lane ^ lane_mask;
     /* PTX: a source outside the lane's width segment returns its own value. */
     if ((src & ~(width - 1)) != (lane & ~(width - 1))) return v;
-    return ::sy_emu::from_word<T>(all[src]);
+    return ::sy_emu::from_word<T>(all[src * ::sy_emu::kSlotWords]);
 }
 template <class T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    uint64_t all[32];
     const uint64_t mine = ::sy_emu::to_word(v);
-    ::sy_emu::warp_exchange(mask, &mine, 1, all);
+    const uint64_t* all = ::sy_emu::warp_exchange(mask, &mine, 1);
     const int lane = ::sy_emu::lane_id();
     const int seg = lane & ~(width - 1);
     const int src = lane + (int)delta;
     if (src >= seg + width) return v;
-    return ::sy_emu::from_word<T>(all[src]);
+    return ::sy_emu::from_word<T>(all[src * ::sy_emu::kSlotWords]);
 }
 template <class T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    uint64_t all[32];
     const uint64_t mine = ::sy_emu::to_word(v);
-    ::sy_emu::warp_exchange(mask, &mine, 1, all);
+    const uint64_t* all = ::sy_emu::warp_exchange(mask, &mine, 1);
     const int lane = ::sy_emu::lane_id();
     const int seg = lane & ~(width - 1);
     const int src = lane - (int)delta;
     if (src < seg) return v;
-    return ::sy_emu::from_word<T>(all[src]);
+    return ::sy_emu::from_word<T>(all[src * ::sy_emu::kSlotWords]);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
-    uint64_t all[32];
     const uint64_t mine = pred ? 1 : 0;
-    ::sy_emu::warp_exchange(mask, &mine, 1, all);
+    const uint64_t* all = ::sy_emu::warp_exchange(mask, &mine, 1);
     unsigned r = 0;
     for (int l = 0; l < 32; ++l)
-        if ((mask >> l) & 1u) r |= (all[l] ? 1u : 0u) << l;
+        if ((mask >> l) & 1u) r |= (all[l * ::sy_emu::kSlotWords] ? 1u : 0u) << l;
     return r;
 }
 inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
 inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == mask; }
 inline unsigned __match_any_sync(unsigned mask, int v) {
-    uint64_t all[32];
     const uint64_t mine = (uint64_t)(uint32_t)v;
-    ::sy_emu::warp_exchange(mask, &mine, 1, all);
+    const uint64_t* all = ::sy_emu::warp_exchange(mask, &mine, 1);
     unsigned r = 0;
     for (int l = 0; l < 32; ++l)
-        if (((mask >> l) & 1u) && all[l] == mine) r |= 1u << l;
+        if (((mask >> l) & 1u) && all[l * ::sy_emu::kSlotWords] == mine) r |= 1u << l;
     return r;
 }
 
