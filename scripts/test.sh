@@ -55,7 +55,9 @@ summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/)
 rm -f "$log"
 if [[ -z "${SWITCHYARD_NO_CUDA:-}" && -z "${SWITCHYARD_NO_EMU:-}" ]]; then
     echo "== GPU tests on the SIMT emulator (scripts/emu-test.sh)"
-    emu_summary=$(scripts/emu-test.sh | tee /dev/stderr | tail -1)
-    summary="$summary; $emu_summary"
+    emu_log=$(mktemp)
+    scripts/emu-test.sh 2>&1 | tee "$emu_log"
+    summary="$summary; $(tail -1 "$emu_log")"
+    rm -f "$emu_log"
 fi
 echo "$summary"
