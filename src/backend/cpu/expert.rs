@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::activation::{gelu, gelu_grad};
+use super::activation::{gelu_fwd, gelu_grad};
 use super::index_of;
 use super::matmul::matmul;
 
@@ -147,11 +147,7 @@ pub fn grouped_matmul_gelu(
 ) {
     grouped_matmul(pre, x, w, b, offsets, e, k, n, par);
     let rows = index_of(offsets[e]).unwrap_or(0);
-    act[..rows * n].par_chunks_mut(4096).zip(pre[..rows * n].par_chunks(4096)).for_each(|(a, p)| {
-        for (a, &p) in a.iter_mut().zip(p) {
-            *a = gelu(p);
-        }
-    });
+    gelu_fwd(&mut act[..rows * n], &pre[..rows * n]);
 }
 
 /// Backward of `y = gelu(pre) @ w + b` per expert: `dpre = (dy @ w^T) * gelu'(pre)`,

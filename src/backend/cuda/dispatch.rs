@@ -71,7 +71,6 @@ pub(super) fn combine_fwd(
 }
 
 /// `dye[row[a]] = gate[a] * dout[t]` (and its bf16 copy), `dgate[a] = <dout[t], ye[row[a]]>`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn combine_bwd(
     cu: &Cuda,
     dye: &mut CudaBuf,

@@ -249,6 +249,8 @@ pub struct Cuda {
     blas: cudarc::cublas::CudaBlas,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Dynamic shared memory each kernel has been opted into (above 48 KiB).
+    smem_opt_in: Mutex<HashMap<&'static str, u32>>,
     scratch: Mutex<Scratch>,
     error: Mutex<Option<String>>,
     label: String,
@@ -282,6 +284,7 @@ impl Cuda {
             blas,
             modules: Mutex::default(),
             functions: Mutex::default(),
+            smem_opt_in: Mutex::default(),
             scratch: Mutex::default(),
             error: Mutex::new(None),
             label,
@@ -374,9 +377,13 @@ impl Cuda {
             Err(e) => return self.fail(e),
         };
         if smem > 48 * 1024 {
-            use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            if let Err(e) = f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32) {
-                return self.fail(format!("{}: shared memory {smem} B: {e}", k.name));
+            let mut opted = self.smem_opt_in.lock().unwrap_or_else(|e| e.into_inner());
+            if opted.get(k.name).is_none_or(|&have| have < smem) {
+                use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                if let Err(e) = f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32) {
+                    return self.fail(format!("{}: shared memory {smem} B: {e}", k.name));
+                }
+                opted.insert(k.name, smem);
             }
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem };

@@ -122,7 +122,6 @@ pub(super) fn fwd(
 }
 
 /// Routing backward into the logits, as [`crate::backend::Backend::router_bwd`].
-#[allow(clippy::too_many_arguments)]
 pub(super) fn bwd(
     cu: &Cuda,
     dlogits: &mut CudaBuf,
