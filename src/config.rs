@@ -128,6 +128,25 @@ pub struct DataConfig {
     pub synthetic: SyntheticConfig,
 }
 
+impl DataConfig {
+    /// Make `source` and `tokenizer` absolute paths (relative ones are taken
+    /// from the current directory), so a run's stored config finds its data
+    /// from any directory. `"synthetic"` and `"byte"` stay as they are.
+    pub fn resolve_paths(&mut self) {
+        let absolute = |s: &mut String| {
+            if let Ok(p) = std::path::absolute(s.as_str()) {
+                *s = p.display().to_string();
+            }
+        };
+        if self.source != "synthetic" && !self.source.is_empty() {
+            absolute(&mut self.source);
+        }
+        if self.tokenizer != "byte" && !self.tokenizer.is_empty() {
+            absolute(&mut self.tokenizer);
+        }
+    }
+}
+
 /// A whole run configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,7 +274,7 @@ impl Config {
 
     /// Parse a TOML document. Unknown keys and wrong types name the key.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config> {
-        toml::from_str::<Config>(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))
+        toml::from_str::<Config>(text).map_err(|e| Error::Config(toml_error(&e, text, origin)))
     }
 
     /// Read and parse a TOML config file.
@@ -310,13 +329,29 @@ impl Config {
             if slot.is_table() {
                 return Err(Error::Config(format!("--set {key}: `{key}` is a section; set one of its keys")));
             }
-            // An integer given where a float is expected is fine.
+            // An integer given where a float is expected is fine; any other
+            // change of type is refused here, where the key is known.
             *slot = match (&*slot, value) {
                 (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
-                (_, v) => v,
+                (old, v) if old.type_str() == v.type_str() => v,
+                (old, v) => {
+                    let hint = if old.is_integer() && raw.trim().parse::<u128>().is_ok() {
+                        " (integers must be below 2^63)"
+                    } else {
+                        ""
+                    };
+                    return Err(Error::Config(format!(
+                        "--set {key}={}: {key} takes {} {} (e.g. {key}={old}), not {} {}{hint}",
+                        raw.trim(),
+                        article(old.type_str()),
+                        old.type_str(),
+                        article(v.type_str()),
+                        v.type_str()
+                    )));
+                }
             };
         }
-        root.try_into::<Config>().map_err(|e| Error::Config(format!("--set: {}", e.to_string().trim_end())))
+        root.try_into::<Config>().map_err(|e| Error::Config(format!("--set: {}", one_line(e.message()))))
     }
 
     /// Check values against each other; every message names the key and a fix.
@@ -344,7 +379,7 @@ impl Config {
                 return bad(format!("{k} = 0; it must be at least 1"));
             }
         }
-        if m.d_model % m.n_head != 0 {
+        if !m.d_model.is_multiple_of(m.n_head) {
             return bad(format!(
                 "model.d_model = {} is not divisible by model.n_head = {}; pick n_head dividing d_model (e.g. {})",
                 m.d_model,
@@ -440,8 +475,30 @@ impl Config {
                 d.val_fraction
             ));
         }
+        if let Some(kv) = oversized_integer(self) {
+            return bad(format!("{kv} is larger than any config can hold (2^63 - 1); give a realistic value"));
+        }
+        // Token ids, dispatch rows and KV-cache slots are i32 on every backend.
+        const I32: usize = i32::MAX as usize;
+        if m.vocab_size > I32 {
+            return bad(format!(
+                "model.vocab_size = {} exceeds 2^31 - 1, the largest token id the embedding indexes; use a smaller \
+                 vocabulary",
+                m.vocab_size
+            ));
+        }
+        // Every buffer size of a training step, in checked arithmetic (an
+        // overflow names the keys).
+        crate::memory::estimate(self, crate::memory::Purpose::Train)?;
+        let n = t.batch_size * t.seq_len;
+        if m.moe_every > 0 && n.checked_mul(m.top_k).is_none_or(|rows| rows > I32) {
+            return bad(format!(
+                "train.batch_size x train.seq_len x model.top_k = {} x {} x {} dispatched rows exceed 2^31 - 1, \
+                 the largest row index; lower train.batch_size (raise train.grad_accum to keep the tokens per step)",
+                t.batch_size, t.seq_len, m.top_k
+            ));
+        }
         if m.moe_every > 0 {
-            let n = t.batch_size * t.seq_len;
             for (k, cf) in
                 [("model.capacity_factor", m.capacity_factor), ("model.eval_capacity_factor", m.eval_capacity_factor)]
             {
@@ -468,7 +525,7 @@ impl Config {
 
     /// Whether layer `l` has a Switch MoE FFN.
     pub fn is_moe_layer(&self, l: usize) -> bool {
-        self.model.moe_every > 0 && (l + 1) % self.model.moe_every == 0
+        self.model.moe_every > 0 && (l + 1).is_multiple_of(self.model.moe_every)
     }
 
     /// The config as TOML with a comment above every key (`switchyard config`).
@@ -482,6 +539,50 @@ impl Config {
     }
 }
 
+/// A TOML error as one line: `origin, line L, column C: message` (the
+/// parser's own text spans several lines with a source excerpt).
+pub fn toml_error(e: &toml::de::Error, text: &str, origin: &str) -> String {
+    let at = e.span().map(|span| {
+        let start = span.start.min(text.len());
+        let before = &text[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = before[line_start..].chars().count() + 1;
+        let content = text[line_start..].lines().next().unwrap_or("").trim();
+        format!(", line {line}, column {col} (`{content}`)")
+    });
+    format!("{origin}{}: {}", at.unwrap_or_default(), one_line(e.message()))
+}
+
+fn article(type_name: &str) -> &'static str {
+    if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Integers above this do not fit a TOML file (nor `config.toml`).
+const TOML_INT_MAX: u64 = i64::MAX as u64;
+
+/// The first integer key of `cfg` above [`TOML_INT_MAX`], as `section.key = value`.
+fn oversized_integer(cfg: &Config) -> Option<String> {
+    fn walk(v: &serde_json::Value, prefix: &str) -> Option<String> {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .find_map(|(k, v)| walk(v, &if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") })),
+            serde_json::Value::Number(n) => n.as_u64().filter(|&x| x > TOML_INT_MAX).map(|x| format!("{prefix} = {x}")),
+            _ => None,
+        }
+    }
+    walk(&serde_json::to_value(cfg).ok()?, "")
+}
+
 /// Expert capacity `C = ceil(cf * k * N / E)`; `cf <= 0` means dropless (`C = N`).
 pub fn capacity(cf: f64, k: usize, n: usize, e: usize) -> usize {
     if cf <= 0.0 {
@@ -492,7 +593,7 @@ pub fn capacity(cf: f64, k: usize, n: usize, e: usize) -> usize {
 }
 
 fn largest_divisor_at_most(n: usize, at_most: usize) -> usize {
-    (1..=at_most.min(n)).rev().find(|h| n % h == 0).unwrap_or(1)
+    (1..=at_most.min(n)).rev().find(|h| n.is_multiple_of(*h)).unwrap_or(1)
 }
 
 fn parse_value(raw: &str) -> toml::Value {

@@ -15,13 +15,14 @@ pub enum Error {
     /// A checkpoint that cannot be read or does not match.
     #[error("checkpoint error: {0}")]
     Checkpoint(String),
-    /// A filesystem failure, with the path involved.
-    #[error("I/O error on {path}: {source}")]
+    /// A filesystem failure, with the path involved. The cause is part of the
+    /// message (not a separate `source`), so it is printed once.
+    #[error("I/O error on {path}: {err}{hint}", hint = crate::files::io_hint(.err))]
     Io {
         /// The path being read or written.
         path: String,
         /// The underlying error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// Training diverged (NaN or infinite loss).
     #[error("{0}")]
@@ -29,6 +30,13 @@ pub enum Error {
     /// A backend (device) failure.
     #[error("backend error: {0}")]
     Backend(String),
+    /// A directory another process holds (its lock is taken).
+    #[error("{0}")]
+    Busy(String),
+    /// Nothing to do: the run was already complete. Not a failure: the
+    /// command line reports it and exits 0, and every file is left as it was.
+    #[error("{0}")]
+    Complete(String),
 }
 
 /// Result with [`enum@Error`].
@@ -36,7 +44,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// Wrap an I/O error with the path it concerns.
-    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+    pub fn io(path: impl AsRef<std::path::Path>, err: std::io::Error) -> Error {
+        Error::Io { path: path.as_ref().display().to_string(), err }
     }
 }

@@ -12,13 +12,17 @@
 //! - [`infer`]: KV cache, batched generation, sampling.
 //! - [`sweep`]: experiment sweeps (axes -> points -> run directories -> results table).
 //! - [`plot`]: SVG/PNG plots of runs, sweeps and rooflines.
+//! - [`memory`]: the memory a config needs, checked before allocating.
+//! - [`files`]: run-directory locks, atomic writes, cleanup of partial writes.
 //! - [`opbench`]: per-op throughput against measured ceilings (`switchyard bench --ops`).
 
 pub mod backend;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod files;
 pub mod infer;
+pub mod memory;
 pub mod model;
 pub mod opbench;
 pub mod plot;

@@ -66,12 +66,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print a full, commented TOML config to start from.
-    Config {
-        /// Preset to print (tiny, small, switch-base).
-        #[arg(long, default_value = "tiny")]
-        preset: String,
-    },
+    /// Print a full, commented TOML config to start from (a preset, or a config file with
+    /// --set overrides), with the memory it needs.
+    Config(ConfigArgs),
 }
 
 #[derive(Args)]
@@ -106,7 +103,10 @@ impl ConfigArgs {
             (Some(_), Some(_), _) => bail!("give either --config or --preset, not both"),
             (Some(path), None, _) => Config::from_file(path)?,
             (None, Some(p), _) => Config::preset(p)?,
-            (None, None, Some(r)) => checkpoint::read_config(&checkpoint::resolve(r)?)?,
+            (None, None, Some(r)) => match checkpoint::resolve_resume(r)? {
+                checkpoint::ResumeFrom::Checkpoint(d) => checkpoint::read_config(&d)?,
+                checkpoint::ResumeFrom::Restart(d) => Config::from_file(&d.join("config.toml"))?,
+            },
             (None, None, None) => Config::preset("tiny")?,
         };
         Ok(base.apply_overrides(&self.sets)?)
@@ -141,6 +141,9 @@ struct EvalArgs {
     /// Evaluate on another data source (default: the one the model was trained on).
     #[arg(long)]
     data: Option<String>,
+    /// Tokenizer file to use instead of the checkpoint's (its data.tokenizer), e.g. after moving it.
+    #[arg(long)]
+    tokenizer: Option<String>,
     /// Validation batches (default: the config's train.eval_batches).
     #[arg(long)]
     batches: Option<usize>,
@@ -194,6 +197,9 @@ struct GenerateArgs {
     /// Write the JSON lines here instead of stdout (with --prompts).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Tokenizer file to use instead of the checkpoint's (its data.tokenizer), e.g. after moving it.
+    #[arg(long)]
+    tokenizer: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -276,6 +282,9 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
     if a.steps == 0 {
         bail!("--steps 0: time at least one step");
     }
+    if a.warmup.checked_add(a.steps).is_none() {
+        bail!("--warmup {} plus --steps {} overflows; give realistic step counts", a.warmup, a.steps);
+    }
     let dev = backend(&a.device, &cfg)?;
     if a.generate {
         return bench_generate(&dev, &cfg, &a);
@@ -283,6 +292,9 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
     if a.ops {
         return bench_ops(&dev, &a);
     }
+    let need =
+        on_device!(&dev, |be| switchyard::memory::require(be, &cfg, switchyard::memory::Purpose::Train, "training"))?;
+    eprintln!("memory: about {}", need.describe());
     let r = on_device!(&dev, |be| switchyard::train::bench::train_steps(be, &cfg, a.warmup, a.steps))?;
     println!(
         "{}: median step {:.2} ms (min {:.2}, max {:.2}) over {} steps, {:.0} tokens/s, {:.1} GFLOP/s of matmul-equivalent work ({} tokens/step, {})",
@@ -406,30 +418,42 @@ fn load_config(a: &TrainArgs) -> Result<Config> {
     if let Some(d) = &a.data {
         cfg.data.source = d.clone();
     }
+    cfg.data.resolve_paths();
     cfg.validate()?;
     Ok(cfg)
 }
 
 fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
     let cfg = load_config(&a)?;
-    let out = match (&a.out, &a.resume) {
+    let resume = a.resume.as_deref().map(checkpoint::resolve_resume).transpose()?;
+    let out = match (&a.out, &resume) {
         (Some(o), _) => o.clone(),
-        (None, Some(r)) => {
-            let dir = checkpoint::resolve(r)?;
+        (None, Some(checkpoint::ResumeFrom::Checkpoint(dir))) => {
             dir.parent().map(PathBuf::from).context("checkpoint has no parent directory")?
         }
+        (None, Some(checkpoint::ResumeFrom::Restart(dir))) => dir.clone(),
         (None, None) => {
             PathBuf::from("runs").join(format!("{}-{}", a.cfg.preset.as_deref().unwrap_or("tiny"), utc_stamp()))
         }
     };
+    let opts =
+        TrainOptions { out: out.clone(), resume: a.resume.clone(), progress: !a.quiet, max_steps_this_run: None };
+    train::check_resume(&cfg, &opts)?;
     let data = Dataset::open(&cfg)?;
     let info = data.info().clone();
     drop(data);
     // After the config and data checks, so their errors come first and alone.
     let dev = backend(&a.device, &cfg)?;
-    let table = switchyard::model::ParamTable::new(&cfg);
+    let need =
+        on_device!(&dev, |be| switchyard::memory::require(be, &cfg, switchyard::memory::Purpose::Train, "training"))?;
     let m = &cfg.model;
     eprintln!("switchyard train -> {}", out.display());
+    if let Some(checkpoint::ResumeFrom::Restart(dir)) = resume.as_ref().filter(|_| a.out.is_none()) {
+        eprintln!(
+            "{} has no checkpoint yet (the run stopped before its first one): starting it over from step 0",
+            dir.display()
+        );
+    }
     eprintln!(
         "model: {} layers, d {}, {} heads, d_ff {}, {} ({} params, {} active per token)",
         m.n_layer,
@@ -441,9 +465,10 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
         } else {
             format!("MoE every {} layer(s), {} experts, top-{}", m.moe_every, m.n_experts, m.top_k)
         },
-        human(table.numel()),
-        human(table.active_numel(if m.moe_every == 0 { 1 } else { m.top_k }))
+        human(need.params as usize),
+        human(switchyard::memory::active_param_count(&cfg)? as usize)
     );
+    eprintln!("memory: about {}", need.describe());
     eprintln!("data: {}", info.description);
     match (info.loss_floor, info.unigram_entropy) {
         (Some(f), _) => eprintln!(
@@ -465,8 +490,6 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
         cfg.train.seq_len,
         cfg.train.grad_accum
     );
-    let opts =
-        TrainOptions { out: out.clone(), resume: a.resume.clone(), progress: !a.quiet, max_steps_this_run: None };
     let s = on_device!(&dev, |be| train::train(be, &cfg, &opts))?;
     let mut line = format!("step {}: train loss {:.4} (ce {:.4})", s.steps, s.final_loss, s.final_ce);
     if let Some(v) = s.val_loss {
@@ -496,20 +519,36 @@ fn human(n: usize) -> String {
     }
 }
 
+/// Where a missing data or tokenizer path of a checkpoint's config can be
+/// given instead.
+fn paths_hint(data: bool, tokenizer: bool) -> &'static str {
+    match (data, tokenizer) {
+        (false, false) => "the paths are the checkpoint's; --data PATH and --tokenizer PATH give others",
+        (false, true) => "the data path is the checkpoint's; --data PATH gives another",
+        (true, false) => "the tokenizer path is the checkpoint's; --tokenizer PATH gives another",
+        (true, true) => "",
+    }
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
     let dir = checkpoint::resolve(&a.checkpoint)?;
     let mut cfg = checkpoint::read_config(&dir)?;
     if let Some(d) = &a.data {
         cfg.data.source = d.clone();
     }
+    if let Some(t) = &a.tokenizer {
+        cfg.data.tokenizer = t.clone();
+    }
+    cfg.data.resolve_paths();
     cfg.validate()?;
     let batches = a.batches.unwrap_or(cfg.train.eval_batches);
     if batches == 0 {
         bail!("--batches 0: evaluate at least one batch");
     }
+    let data = Dataset::open(&cfg).with_context(|| paths_hint(a.data.is_some(), a.tokenizer.is_some()))?;
     let dev = backend(&a.device, &cfg)?;
+    on_device!(&dev, |be| switchyard::memory::require(be, &cfg, switchyard::memory::Purpose::Eval, "evaluation"))?;
     let ck = checkpoint::load(&dir, &cfg, false)?;
-    let data = Dataset::open(&cfg)?;
     let (mut rec, routing) = on_device!(&dev, |be| {
         let mut model = Model::new(be, &cfg)?;
         checkpoint::restore(be, &ck, &mut model, None);
@@ -606,11 +645,29 @@ enum PromptCodec {
 }
 
 impl PromptCodec {
-    fn for_config(cfg: &Config) -> Result<PromptCodec> {
+    fn for_config(cfg: &Config, given: bool) -> Result<PromptCodec> {
         if cfg.data.source == "synthetic" {
             return Ok(PromptCodec::Ids { vocab: cfg.model.vocab_size });
         }
-        Ok(PromptCodec::Text(switchyard::data::Tokenizer::from_spec(&cfg.data.tokenizer)?))
+        let t = switchyard::data::Tokenizer::from_spec(&cfg.data.tokenizer).with_context(|| {
+            if given {
+                "--tokenizer".to_string()
+            } else {
+                "the checkpoint's tokenizer (data.tokenizer); --tokenizer PATH gives another".to_string()
+            }
+        })?;
+        if let switchyard::data::Tokenizer::Hf(_) = t {
+            let tv = t.vocab_size();
+            if tv > cfg.model.vocab_size {
+                bail!(
+                    "tokenizer {} has {tv} ids but the model's vocabulary (model.vocab_size) is {}: it is not the \
+                     tokenizer the model was trained with; give that one with --tokenizer PATH",
+                    cfg.data.tokenizer,
+                    cfg.model.vocab_size
+                );
+            }
+        }
+        Ok(PromptCodec::Text(t))
     }
 
     fn encode(&self, text: &str, what: &str) -> Result<Vec<u32>> {
@@ -651,10 +708,14 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
     use switchyard::infer::generate::{generate, GenOptions};
     use switchyard::infer::sample::Sampler;
     let dir = checkpoint::resolve(&a.checkpoint)?;
-    let cfg = checkpoint::read_config(&dir)?;
+    let mut cfg = checkpoint::read_config(&dir)?;
+    if let Some(t) = &a.tokenizer {
+        cfg.data.tokenizer = t.clone();
+        cfg.data.resolve_paths();
+    }
     let sampler = Sampler { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
     sampler.validate()?;
-    let codec = PromptCodec::for_config(&cfg)?;
+    let codec = PromptCodec::for_config(&cfg, a.tokenizer.is_some())?;
     let texts: Vec<String> = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![p.clone()],
         (None, Some(path)) => {
@@ -681,8 +742,13 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
         stats: a.stats,
     };
     switchyard::infer::generate::check_lengths(&prompts, opts.max_new_tokens, cfg.model.max_seq_len)?;
-    let ck = checkpoint::load(&dir, &cfg, false)?;
     let dev = backend(&a.device, &cfg)?;
+    let purpose = switchyard::memory::Purpose::Generate {
+        sequences: prompts.len(),
+        max_prompt: prompts.iter().map(Vec::len).max().unwrap_or(0),
+    };
+    on_device!(&dev, |be| switchyard::memory::require(be, &cfg, purpose, "generation"))?;
+    let ck = checkpoint::load(&dir, &cfg, false)?;
     let single = prompts.len() == 1 && a.prompts.is_none();
     // Streaming: print the decoded text's new suffix as tokens arrive (holding
     // back a trailing partial UTF-8 character).
@@ -701,11 +767,21 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
             printed = text;
         }
     };
-    let (gen, device) = on_device!(&dev, |be| {
+    let result = on_device!(&dev, |be| {
         let mut model = Model::new(be, &cfg)?;
         checkpoint::restore(be, &ck, &mut model, None);
-        (generate(be, &model, &prompts, &opts, &mut stream)?, be.name())
+        generate(be, &model, &prompts, &opts, &mut stream).map(|g| (g, be.name()))
     });
+    let (gen, device) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // End the streamed text's line, so the error gets its own.
+            if !printed.is_empty() {
+                println!();
+            }
+            return Err(e.into());
+        }
+    };
     if single {
         let text = codec.decode(&gen.tokens[0]);
         let rest = text.strip_prefix(printed.as_str()).unwrap_or("");
@@ -775,6 +851,8 @@ fn bench_generate(dev: &Device, cfg: &Config, a: &BenchArgs) -> Result<ExitCode>
         "batch", "prompt", "new", "prefill tok/s", "decode tok/s", "KV MiB"
     );
     for &b in &a.batch_sizes {
+        let purpose = switchyard::memory::Purpose::Generate { sequences: b, max_prompt: a.prompt_len };
+        on_device!(dev, |be| switchyard::memory::require(be, cfg, purpose, &format!("--batch-sizes {b}")))?;
         let v = cfg.model.vocab_size as u32;
         let prompts: Vec<Vec<u32>> =
             (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 131 + j * 7) as u32) % v).collect()).collect();
@@ -818,6 +896,12 @@ fn bench_ops(dev: &Device, a: &BenchArgs) -> Result<ExitCode> {
         shapes.apply(kv)?;
     }
     shapes.validate()?;
+    on_device!(dev, |be| switchyard::memory::check(
+        &shapes.memory()?,
+        be.available_memory(),
+        "bench --ops",
+        &be.name()
+    ))?;
     if a.repeats == 0 {
         bail!("--repeats 0: time each op at least once");
     }
@@ -909,6 +993,10 @@ impl switchyard::sweep::Progress for SweepBar {
         self.bar.println(line);
         self.bar.inc(1);
     }
+    fn failed(&mut self, p: &switchyard::sweep::Point, error: &str) {
+        self.bar.println(format!("{:>2} {:<40} FAILED: {error}", p.index, p.label));
+        self.bar.inc(1);
+    }
 }
 
 fn cmd_sweep(a: SweepArgs) -> Result<ExitCode> {
@@ -944,10 +1032,14 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode> {
     );
     let mut progress = SweepBar { bar };
     let t0 = std::time::Instant::now();
-    let (rows, interrupted) = on_device!(&dev, |be| sweep::run(be, &s, &out, &mut progress)?);
+    let outcome = on_device!(&dev, |be| sweep::run(be, &s, &out, &mut progress)?);
     progress.bar.finish_and_clear();
-    if interrupted {
-        eprintln!("interrupted after {} of {} points; re-run the same command to continue", rows.len(), s.points.len());
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted after {} of {} points; re-run the same command to continue",
+            outcome.rows.len() + outcome.failures.len(),
+            s.points.len()
+        );
         return Ok(ExitCode::from(130));
     }
     match switchyard::plot::plot_sweep(&out) {
@@ -960,6 +1052,17 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode> {
         out.join("results.jsonl").display(),
         out.join("results.csv").display()
     );
+    if !outcome.failures.is_empty() {
+        let names: Vec<String> = outcome.failures.iter().map(|f| format!("{} {}", f.index, f.label)).collect();
+        bail!(
+            "{} of {} points failed ({}); their errors are in {} (status \"failed\"); re-running the same command \
+             retries only the failed and unfinished points",
+            outcome.failures.len(),
+            s.points.len(),
+            names.join("; "),
+            out.join("results.jsonl").display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -967,13 +1070,22 @@ static PRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = ctrlc::set_handler(|| {
-        eprintln!("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to force quit)");
-        if PRESSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+    if matches!(cli.cmd, Cmd::Train(_) | Cmd::Sweep(_)) {
+        // Training stops cleanly: finish the step, save a checkpoint.
+        let _ = ctrlc::set_handler(|| {
+            eprintln!("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to force quit)");
+            if PRESSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            train::request_stop();
+        });
+    } else {
+        // Everything else has nothing to save: stop at once.
+        let _ = ctrlc::set_handler(|| {
+            eprintln!("\ninterrupted");
             std::process::exit(130);
-        }
-        train::request_stop();
-    });
+        });
+    }
     let r = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(a) => cmd_eval(a),
@@ -982,19 +1094,55 @@ fn main() -> ExitCode {
         Cmd::Kernels { json } => cmd_kernels(json),
         Cmd::Sweep(a) => cmd_sweep(a),
         Cmd::Plot { dir } => cmd_plot(&dir),
-        Cmd::Config { preset } => match Config::preset(&preset) {
-            Ok(c) => {
-                print!("{}", c.to_commented_toml());
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => Err(anyhow::anyhow!("{e} (presets: {})", PRESETS.join(", "))),
-        },
+        Cmd::Config(a) => cmd_config(&a),
     };
     match r {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => match e.downcast_ref::<switchyard::Error>() {
+            // Nothing to do is not a failure (a job scheduler re-running
+            // `train --resume` on a finished run must not loop on it).
+            Some(switchyard::Error::Complete(msg)) => {
+                eprintln!("{msg}");
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!("error: {}", one_line(&format!("{e:#}")));
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+/// An error message on one line (causes joined by `: `, newlines folded).
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `switchyard config`: the commented TOML, preceded by the memory it needs.
+fn cmd_config(a: &ConfigArgs) -> Result<ExitCode> {
+    let cfg = a.load(None).map_err(|e| match (&a.preset, &a.config) {
+        (Some(_), None) => anyhow::anyhow!("{e} (presets: {})", PRESETS.join(", ")),
+        _ => e,
+    })?;
+    cfg.validate()?;
+    print!("{}", memory_comment(&cfg)?);
+    print!("{}", cfg.to_commented_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The memory estimate of a config as TOML comment lines.
+fn memory_comment(cfg: &Config) -> Result<String> {
+    use switchyard::memory::{estimate, human_bytes, Purpose};
+    let train = estimate(cfg, Purpose::Train)?;
+    let eval = estimate(cfg, Purpose::Eval)?;
+    let mut out = format!(
+        "# memory (CPU, f32; the GPU adds bf16 copies): {} parameters\n#   training:   {}\n#   evaluation: {}\n",
+        human(train.params as usize),
+        train.describe(),
+        eval.describe()
+    );
+    if let Some(avail) = switchyard::memory::host_available() {
+        out.push_str(&format!("#   this machine has {} available ({})\n", human_bytes(avail.bytes), avail.source));
+    }
+    Ok(out)
 }

@@ -168,7 +168,7 @@ impl Shapes {
                 return Err(Error::Config(format!("op bench shape {key} = 0; every shape must be at least 1")));
             }
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return Err(Error::Config(format!(
                 "op bench shape d_model = {} is not a multiple of n_head = {}; pick d_model divisible by n_head \
                  (e.g. d_model={})",
@@ -177,7 +177,7 @@ impl Shapes {
                 self.d_model.next_multiple_of(self.n_head)
             )));
         }
-        if self.tokens % self.seq != 0 {
+        if !self.tokens.is_multiple_of(self.seq) {
             return Err(Error::Config(format!(
                 "op bench shape tokens = {} is not a multiple of seq = {} (attention runs tokens/seq sequences); \
                  set tokens to a multiple of seq, e.g. tokens={}",
@@ -192,14 +192,42 @@ impl Shapes {
                 self.top_k, self.n_experts
             )));
         }
-        if self.vocab > i32::MAX as usize || self.tokens * self.top_k > i32::MAX as usize {
+        let rows = self.tokens.checked_mul(self.top_k);
+        if self.vocab > i32::MAX as usize || rows.is_none_or(|r| r > i32::MAX as usize) {
             return Err(Error::Config(format!(
-                "op bench shapes vocab = {} / tokens * top_k = {} overflow the i32 indices; make them smaller",
-                self.vocab,
-                self.tokens * self.top_k
+                "op bench shapes vocab = {} / tokens x top_k = {} x {} overflow the i32 indices; make them smaller",
+                self.vocab, self.tokens, self.top_k
             )));
         }
         Ok(())
+    }
+
+    /// An upper bound of the bytes the largest op's buffers take (activations
+    /// `[tokens, .]` of every width involved, and the weights), in checked
+    /// arithmetic: a shape whose buffers overflow is an error naming it.
+    pub fn memory(&self) -> Result<crate::memory::Estimate> {
+        let overflow = || {
+            Error::Config(format!(
+                "op bench shapes tokens = {}, d_model = {}, d_ff = {}, vocab = {}, n_experts = {} ask for more memory \
+                 than 64-bit sizes can count; make them smaller",
+                self.tokens, self.d_model, self.d_ff, self.vocab, self.n_experts
+            ))
+        };
+        let m = |a: usize, b: usize| a.checked_mul(b).ok_or_else(overflow);
+        let add = |xs: &[usize]| xs.iter().try_fold(0usize, |acc, &x| acc.checked_add(x)).ok_or_else(overflow);
+        let width = add(&[
+            m(2, self.vocab)?,
+            m(4, m(self.top_k, add(&[self.d_model, self.d_ff])?)?)?,
+            m(8, self.d_model)?,
+            m(3, self.n_experts)?,
+        ])?;
+        let weights = m(self.d_model, add(&[self.vocab, m(3, self.d_model)?, m(2, m(self.d_ff, self.n_experts)?)?])?)?;
+        let bytes = m(4, add(&[m(self.tokens, width)?, m(2, weights)?])?)?;
+        Ok(crate::memory::Estimate::single(
+            "op buffers (upper bound)".into(),
+            bytes as u64,
+            "the --shape sizes (tokens, vocab, d_ff, n_experts)",
+        ))
     }
 
     /// Attention sequences `tokens / seq`.

@@ -95,7 +95,8 @@ impl Sweep {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(path, std::io::Error::new(e.kind(), format!("cannot read the sweep file ({e})"))))?;
         let bad = |msg: String| Error::Config(format!("sweep file {}: {msg}", path.display()));
-        let doc: toml::Table = toml::from_str(&text).map_err(|e| bad(format!("not valid TOML: {e}")))?;
+        let doc: toml::Table = toml::from_str(&text)
+            .map_err(|e| bad(format!("not valid TOML: {}", crate::config::toml_error(&e, &text, "the file"))))?;
         for key in doc.keys() {
             if !TOP_KEYS.contains(&key.as_str()) && key != "points" {
                 return Err(bad(format!(
@@ -144,12 +145,24 @@ impl Sweep {
                 return Err(Error::Config(format!("--scale {scale}: must be a positive number (2 = twice the steps)")));
             }
             let t = &mut base.train;
-            let s = |x: usize| ((x as f64 * scale).round() as usize).max(if x == 0 { 0 } else { 1 });
-            t.steps = s(t.steps);
-            t.eval_every = s(t.eval_every);
-            t.checkpoint_every = s(t.checkpoint_every);
-            t.warmup_steps = s(t.warmup_steps);
+            // Steps are counted in u64 and stored in TOML (i64): keep well inside both.
+            const MAX_STEPS: f64 = 1e15;
+            let s = |key: &str, x: usize| -> Result<usize> {
+                let y = (x as f64 * scale).round();
+                if y > MAX_STEPS {
+                    return Err(Error::Config(format!(
+                        "--scale {scale:?} makes {key} = {x} x {scale:?} = {y:e}, more steps than any run can take; use a \
+                         smaller --scale"
+                    )));
+                }
+                Ok((y as usize).max(if x == 0 { 0 } else { 1 }))
+            };
+            t.steps = s("train.steps", t.steps)?;
+            t.eval_every = s("train.eval_every", t.eval_every)?;
+            t.checkpoint_every = s("train.checkpoint_every", t.checkpoint_every)?;
+            t.warmup_steps = s("train.warmup_steps", t.warmup_steps)?;
         }
+        base.data.resolve_paths();
 
         // Axes: key -> non-empty list of values; explicit points: tables.
         let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
@@ -211,9 +224,11 @@ impl Sweep {
     }
 }
 
-/// One row of `results.jsonl` / `results.csv`.
+/// One row of `results.jsonl` / `results.csv`: a finished point.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ResultRow {
+    /// `"done"` (a failed point has a [`Failure`] row instead).
+    pub status: &'static str,
     /// Point index.
     pub index: usize,
     /// Point label.
@@ -252,7 +267,36 @@ pub struct ResultRow {
     pub active_params: usize,
 }
 
-const CSV_COLUMNS: [&str; 16] = [
+/// A point whose run failed: recorded in the results, the other points go on,
+/// and the next run of the sweep retries it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Failure {
+    /// `"failed"`.
+    pub status: &'static str,
+    /// Point index.
+    pub index: usize,
+    /// Point label.
+    pub label: String,
+    /// The point's overrides (full keys).
+    pub overrides: BTreeMap<String, serde_json::Value>,
+    /// Its run directory.
+    pub run_dir: String,
+    /// The error, one line.
+    pub error: String,
+}
+
+/// What a sweep run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepOutcome {
+    /// Finished points, in point order.
+    pub rows: Vec<ResultRow>,
+    /// Failed points, in point order.
+    pub failures: Vec<Failure>,
+    /// Stopped by Ctrl-C (the later points did not run).
+    pub interrupted: bool,
+}
+
+const CSV_COLUMNS: [&str; 18] = [
     "index",
     "label",
     "run_dir",
@@ -269,6 +313,8 @@ const CSV_COLUMNS: [&str; 16] = [
     "wall_s",
     "params",
     "active_params",
+    "status",
+    "error",
 ];
 
 fn read_metrics(run_dir: &Path) -> Result<(Vec<TrainRecord>, Vec<EvalRecord>)> {
@@ -316,13 +362,10 @@ pub fn result_row(p: &Point, run_dir: &Path, s: &TrainSummary) -> Result<ResultR
     let table = crate::model::ParamTable::new(&p.cfg);
     let m = &p.cfg.model;
     Ok(ResultRow {
+        status: "done",
         index: p.index,
         label: p.label.clone(),
-        overrides: p
-            .overrides
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null)))
-            .collect(),
+        overrides: overrides_json(p),
         run_dir: run_dir.display().to_string(),
         steps: s.steps,
         final_loss: s.final_loss,
@@ -340,20 +383,30 @@ pub fn result_row(p: &Point, run_dir: &Path, s: &TrainSummary) -> Result<ResultR
     })
 }
 
-/// Write `results.jsonl` and `results.csv` (atomically: temp file + rename).
-pub fn write_results(out: &Path, rows: &[ResultRow]) -> Result<()> {
+fn overrides_json(p: &Point) -> BTreeMap<String, serde_json::Value> {
+    p.overrides.iter().map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null))).collect()
+}
+
+/// Write `results.jsonl` and `results.csv` (atomically: temp file + rename):
+/// finished and failed points, in point order (failed rows carry `status =
+/// "failed"` and the `error`).
+pub fn write_results(out: &Path, rows: &[ResultRow], failures: &[Failure]) -> Result<()> {
+    let json = |v: std::result::Result<serde_json::Value, serde_json::Error>| v.unwrap_or_default();
+    let mut all: Vec<(usize, serde_json::Value)> =
+        rows.iter().map(|r| (r.index, json(serde_json::to_value(r)))).collect();
+    all.extend(failures.iter().map(|f| (f.index, json(serde_json::to_value(f)))));
+    all.sort_by_key(|(i, _)| *i);
     let mut jsonl = String::new();
-    for r in rows {
-        jsonl.push_str(&serde_json::to_string(r).expect("serializes"));
+    for (_, v) in &all {
+        jsonl.push_str(&v.to_string());
         jsonl.push('\n');
     }
     let mut csv = CSV_COLUMNS.join(",");
     csv.push('\n');
-    for r in rows {
-        let v = serde_json::to_value(r).expect("serializes");
+    for (_, v) in &all {
         let cells: Vec<String> = CSV_COLUMNS
             .iter()
-            .map(|c| match &v[*c] {
+            .map(|c| match v.get(*c).unwrap_or(&serde_json::Value::Null) {
                 serde_json::Value::Null => String::new(),
                 serde_json::Value::String(s) => format!("\"{}\"", s.replace('"', "\"\"")),
                 other => other.to_string(),
@@ -362,13 +415,8 @@ pub fn write_results(out: &Path, rows: &[ResultRow]) -> Result<()> {
         csv.push_str(&cells.join(","));
         csv.push('\n');
     }
-    for (name, body) in [("results.jsonl", jsonl), ("results.csv", csv)] {
-        let path = out.join(name);
-        let tmp = out.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    }
-    Ok(())
+    crate::files::write_atomic(&out.join("results.jsonl"), jsonl.as_bytes())?;
+    crate::files::write_atomic(&out.join("results.csv"), csv.as_bytes())
 }
 
 /// How a point stands in its run directory.
@@ -382,14 +430,18 @@ pub enum PointState {
     Done(Box<TrainSummary>),
 }
 
-/// Where point `p` stands in `dir`.
+/// Where point `p` stands in `dir`: done (a summary of a finished run of
+/// all its steps), partial (a run directory to resume: from its checkpoint,
+/// or from step 0 if it stopped before its first one) or new.
 pub fn point_state(p: &Point, dir: &Path) -> PointState {
     let summary = std::fs::read_to_string(dir.join("summary.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<TrainSummary>(&t).ok());
     match summary {
-        Some(s) if !s.interrupted && s.steps >= p.cfg.train.steps as u64 => PointState::Done(Box::new(s)),
-        _ if dir.join("latest").exists() => PointState::Partial(dir.to_path_buf()),
+        Some(s) if !s.interrupted && s.steps >= p.cfg.train.steps as u64 && s.final_loss.is_finite() => {
+            PointState::Done(Box::new(s))
+        }
+        _ if crate::train::checkpoint::resolve_resume(dir).is_ok() => PointState::Partial(dir.to_path_buf()),
         _ => PointState::New,
     }
 }
@@ -400,79 +452,103 @@ pub trait Progress {
     fn point(&mut self, p: &Point, skipped: bool);
     /// Point `p` finished with `row`.
     fn done(&mut self, p: &Point, row: &ResultRow);
+    /// Point `p` failed with `error`; the sweep goes on with the next point.
+    fn failed(&mut self, _p: &Point, _error: &str) {}
+}
+
+/// A run directory of an earlier sweep that holds another config than point
+/// `p` (the sweep file was edited): it must not pass as this point.
+fn foreign_run(p: &Point, dir: &Path) -> Result<()> {
+    let Ok(mut old) = Config::from_file(&dir.join("config.toml")) else {
+        return Ok(());
+    };
+    old.data.resolve_paths();
+    if old != p.cfg {
+        return Err(Error::Config(format!(
+            "{} holds a run of a different config than point {} of this sweep (was the sweep file edited?); move \
+             it away, or give the sweep another --out",
+            dir.display(),
+            p.label
+        )));
+    }
+    Ok(())
+}
+
+/// Train point `p` into `dir` (or take its finished run): `Ok(None)` if it
+/// was interrupted (Ctrl-C).
+fn run_point<B: Backend>(be: &B, p: &Point, dir: &Path, progress: &mut dyn Progress) -> Result<Option<ResultRow>> {
+    foreign_run(p, dir)?;
+    let summary = match point_state(p, dir) {
+        PointState::Done(s) => {
+            progress.point(p, true);
+            *s
+        }
+        state => {
+            progress.point(p, false);
+            let resume = match state {
+                PointState::Partial(d) => Some(d),
+                _ => None,
+            };
+            let opts = TrainOptions { out: dir.to_path_buf(), resume, progress: false, max_steps_this_run: None };
+            let s = train::train(be, &p.cfg, &opts)?;
+            if s.interrupted {
+                return Ok(None);
+            }
+            s
+        }
+    };
+    result_row(p, dir, &summary).map(Some)
 }
 
 /// Run every point of `sweep` into `out` (skipping finished ones, resuming
-/// interrupted ones) and keep `results.jsonl`/`.csv` current. Returns the
-/// rows, or stops early (rows so far) if a run is interrupted (Ctrl-C).
-pub fn run<B: Backend>(
-    be: &B,
-    sweep: &Sweep,
-    out: &Path,
-    progress: &mut dyn Progress,
-) -> Result<(Vec<ResultRow>, bool)> {
+/// interrupted ones, retrying failed ones) and keep `results.jsonl`/`.csv`
+/// current. A point that fails is recorded (point, error) and the sweep goes
+/// on; Ctrl-C stops it after the running point's checkpoint. The sweep
+/// directory is locked for the run's life.
+pub fn run<B: Backend>(be: &B, sweep: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<SweepOutcome> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = crate::files::DirLock::acquire(out, "sweep directory", "give this sweep another --out")?;
+    crate::files::remove_partial_writes(out)?;
     let manifest = serde_json::json!({
         "name": sweep.name,
         "description": sweep.description,
         "commit": crate::GIT_COMMIT,
         "device": be.name(),
         "points": sweep.points.iter().map(|p| serde_json::json!({
-            "index": p.index, "label": p.label, "dir": p.dir_name(),
-            "overrides": p.overrides.iter().map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
-                .collect::<BTreeMap<_, _>>(),
+            "index": p.index, "label": p.label, "dir": p.dir_name(), "overrides": overrides_json(p),
         })).collect::<Vec<_>>(),
     });
-    let path = out.join("sweep.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest).expect("serializes"))
-        .map_err(|e| Error::io(&path, e))?;
-    let mut rows = Vec::new();
+    let text =
+        serde_json::to_string_pretty(&manifest).map_err(|e| Error::Data(format!("cannot encode sweep.json: {e}")))?;
+    crate::files::write_atomic(&out.join("sweep.json"), text.as_bytes())?;
+    let mut outcome = SweepOutcome { rows: Vec::new(), failures: Vec::new(), interrupted: false };
     for p in &sweep.points {
         let dir = out.join(p.dir_name());
-        // A run directory from an edited sweep file must not pass as this point.
-        if let Ok(old) = Config::from_file(&dir.join("config.toml")) {
-            if old != p.cfg {
-                return Err(Error::Config(format!(
-                    "{} holds a run of a different config than point {} of this sweep (was the sweep file \
-                     edited?); move it away, or give the sweep another --out",
-                    dir.display(),
-                    p.label
-                )));
+        match run_point(be, p, &dir, progress) {
+            Ok(Some(row)) => {
+                progress.done(p, &row);
+                outcome.rows.push(row);
+            }
+            Ok(None) => {
+                outcome.interrupted = true;
+                break;
+            }
+            Err(e) => {
+                let error = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                progress.failed(p, &error);
+                outcome.failures.push(Failure {
+                    status: "failed",
+                    index: p.index,
+                    label: p.label.clone(),
+                    overrides: overrides_json(p),
+                    run_dir: dir.display().to_string(),
+                    error,
+                });
             }
         }
-        let summary = match point_state(p, &dir) {
-            PointState::Done(s) => {
-                progress.point(p, true);
-                *s
-            }
-            state => {
-                progress.point(p, false);
-                let resume = match state {
-                    PointState::Partial(d) => Some(d),
-                    _ => {
-                        // A start that died before its first checkpoint: keep it aside, start over.
-                        if dir.join("metrics.jsonl").exists() {
-                            let aside = out.join(format!("{}.failed-start", p.dir_name()));
-                            let _ = std::fs::remove_dir_all(&aside);
-                            std::fs::rename(&dir, &aside).map_err(|e| Error::io(&dir, e))?;
-                        }
-                        None
-                    }
-                };
-                let opts = TrainOptions { out: dir.clone(), resume, progress: false, max_steps_this_run: None };
-                let s = train::train(be, &p.cfg, &opts)?;
-                if s.interrupted {
-                    return Ok((rows, true));
-                }
-                s
-            }
-        };
-        let row = result_row(p, &dir, &summary)?;
-        progress.done(p, &row);
-        rows.push(row);
-        write_results(out, &rows)?;
+        write_results(out, &outcome.rows, &outcome.failures)?;
     }
-    Ok((rows, false))
+    Ok(outcome)
 }
 
 #[cfg(test)]

@@ -63,8 +63,9 @@ fn sweep_runs_resumes_and_writes_its_table() {
     assert!(matches!(sweep::point_state(&s.points[1], &p1), sweep::PointState::Partial(_)));
 
     let mut log = Log::default();
-    let (rows, interrupted) = sweep::run(&be, &s, &out, &mut log).unwrap();
-    assert!(!interrupted);
+    let outcome = sweep::run(&be, &s, &out, &mut log).unwrap();
+    assert!(!outcome.interrupted && outcome.failures.is_empty());
+    let rows = outcome.rows;
     assert_eq!(log.started, vec![(0, false), (1, false)]);
     assert_eq!(rows.len(), 2);
     for (r, p) in rows.iter().zip(&s.points) {
@@ -88,7 +89,7 @@ fn sweep_runs_resumes_and_writes_its_table() {
 
     // Re-running skips both finished points and rewrites the same table.
     let mut again = Log::default();
-    let (rows2, _) = sweep::run(&be, &s, &out, &mut again).unwrap();
+    let rows2 = sweep::run(&be, &s, &out, &mut again).unwrap().rows;
     assert_eq!(again.started, vec![(0, true), (1, true)]);
     assert_eq!(rows2, rows);
 

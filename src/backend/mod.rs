@@ -125,6 +125,18 @@ pub trait Backend: Sync {
 
     // ---- memory -------------------------------------------------------
 
+    /// Memory this backend can still allocate, and where the figure comes
+    /// from (`None`: unknown, nothing is refused). The CPU reads the host's.
+    fn available_memory(&self) -> Option<crate::memory::Available> {
+        crate::memory::host_available()
+    }
+
+    /// Bytes this backend allocates beyond the f32 buffers of `est` (a
+    /// device's bf16 copies and scratch); 0 on the CPU.
+    fn extra_memory(&self, _est: &crate::memory::Estimate) -> u64 {
+        0
+    }
+
     /// A zero-filled f32 buffer of `n` elements; `what` names it in errors.
     fn alloc(&self, n: usize, what: &str) -> Result<Self::Buf>;
     /// A zero-filled i32 buffer of `n` elements; `what` names it in errors.

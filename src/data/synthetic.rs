@@ -386,6 +386,20 @@ pub fn check_config(cfg: &SyntheticConfig) -> Result<()> {
     if cfg.domains.checked_mul(cfg.domain_vocab).is_none_or(|n| n > u32::MAX as usize) {
         return bad("data.synthetic.domains * domain_vocab does not fit in a u32 token id; shrink the corpus".into());
     }
+    // Every domain holds a successor table per state: bound the total, not
+    // only each domain's.
+    let total = states.and_then(|s| s.checked_mul(cfg.domains)).and_then(|s| s.checked_mul(cfg.branching));
+    if total.is_none_or(|n| n > MAX_STATES * 16) {
+        return bad(format!(
+            "the synthetic corpus has data.synthetic.domains x domain_vocab^order x branching = {} x {}^{} x {} \
+             successor entries; keep it under {} (fewer domains, a lower order or a smaller domain_vocab)",
+            cfg.domains,
+            cfg.domain_vocab,
+            cfg.order,
+            cfg.branching,
+            MAX_STATES * 16
+        ));
+    }
     Ok(())
 }
 

@@ -81,8 +81,10 @@ impl Tokenizer {
     }
 
     /// Decode ids to text. Lossy for `Byte` (invalid UTF-8 and ids >= 256
-    /// become U+FFFD); a Hugging Face decode failure falls back to the tokens
-    /// themselves, `<id>` for unknown ids.
+    /// become U+FFFD). With a Hugging Face tokenizer, an id it does not know
+    /// (a model's vocabulary can be larger than its tokenizer's) becomes
+    /// `<id>`, never silently nothing; a decode failure falls back to the
+    /// tokens themselves.
     pub fn decode(&self, ids: &[u32]) -> String {
         match self {
             Tokenizer::Byte => {
@@ -101,9 +103,31 @@ impl Tokenizer {
                 out.push_str(&String::from_utf8_lossy(&run));
                 out
             }
-            Tokenizer::Hf(t) => t.decode(ids, false).unwrap_or_else(|_| {
-                ids.iter().map(|&id| t.id_to_token(id).unwrap_or_else(|| format!("<{id}>"))).collect()
-            }),
+            Tokenizer::Hf(t) => {
+                // The crate skips unknown ids: decode each run of known ids,
+                // and write the others as `<id>`.
+                let mut out = String::new();
+                let mut run: Vec<u32> = Vec::new();
+                let flush =
+                    |run: &mut Vec<u32>, out: &mut String| {
+                        if !run.is_empty() {
+                            out.push_str(&t.decode(run, false).unwrap_or_else(|_| {
+                                run.iter().map(|&id| t.id_to_token(id).unwrap_or_default()).collect()
+                            }));
+                            run.clear();
+                        }
+                    };
+                for &id in ids {
+                    if t.id_to_token(id).is_some() {
+                        run.push(id);
+                    } else {
+                        flush(&mut run, &mut out);
+                        out.push_str(&format!("<{id}>"));
+                    }
+                }
+                flush(&mut run, &mut out);
+                out
+            }
         }
     }
 }

@@ -83,13 +83,14 @@ pub fn check_lengths(prompts: &[Vec<u32>], max_new: usize, max_t: usize) -> Resu
         if p.is_empty() {
             return Err(Error::Config(format!("prompt {i} is empty: a prompt needs at least one token")));
         }
-        if p.len() + max_new > max_t {
+        // Checked: --max-new-tokens 18446744073709551615 must not wrap past the limit.
+        if p.len().checked_add(max_new).is_none_or(|need| need > max_t) {
             let fit = max_t.saturating_sub(p.len());
             return Err(Error::Config(format!(
                 "prompt {i} has {} tokens; with --max-new-tokens {max_new} it needs {} positions, but the model's \
                  context (model.max_seq_len) is {max_t}: at most {fit} new tokens fit after this prompt{}",
                 p.len(),
-                p.len() + max_new,
+                p.len() as u128 + max_new as u128,
                 if fit == 0 { " (shorten the prompt)" } else { "" }
             )));
         }

@@ -55,12 +55,17 @@ impl Sampler {
             let best = argmax(logits);
             return vec![(best, 1.0)];
         }
-        let scaled: Vec<f64> = logits.iter().map(|&x| f64::from(x) / self.temperature).collect();
-        let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let mut p: Vec<f64> = scaled.iter().map(|&x| (x - max).exp()).collect();
+        // Subtract the largest logit before dividing: `(x - max) / T` is <= 0
+        // for every T > 0, so a tiny temperature (1e-320) sends the others to
+        // -inf (probability 0) instead of overflowing to inf - inf = NaN; the
+        // limit is greedy, with ties shared.
+        let max = logits.iter().map(|&x| f64::from(x)).fold(f64::NEG_INFINITY, f64::max);
+        let mut p: Vec<f64> = logits.iter().map(|&x| ((f64::from(x) - max) / self.temperature).exp()).collect();
         let z: f64 = p.iter().sum();
         p.iter_mut().for_each(|x| *x /= z);
         ids.sort_by(|&a, &b| p[b as usize].total_cmp(&p[a as usize]).then(a.cmp(&b)));
+        // Ids a (tiny) temperature drove to probability 0 can never be drawn.
+        ids.retain(|&i| p[i as usize] > 0.0);
         if self.top_k > 0 {
             ids.truncate(self.top_k);
         }
@@ -160,6 +165,20 @@ mod tests {
         let f = frequencies(&Sampler { top_k: 2, ..Sampler::default() }, &l, 40_000);
         assert_eq!((f[0], f[3]), (0.0, 0.0));
         assert!((f[1] - 0.625).abs() < 0.01, "{f:?}");
+    }
+
+    #[test]
+    fn tiny_and_huge_temperatures_stay_distributions() {
+        let l = logits_of(&[0.1, 0.5, 0.3, 0.1]);
+        // 1e-320 is subnormal: 1 / T overflows, so dividing the logits first gave NaN probabilities.
+        for t in [1e-320, f64::MIN_POSITIVE, 1e-30] {
+            let d = Sampler { temperature: t, ..Sampler::default() }.distribution(&l);
+            assert_eq!(d, vec![(1, 1.0)], "T = {t}: the arg-max alone");
+        }
+        let d = Sampler { temperature: 1e300, ..Sampler::default() }.distribution(&l);
+        assert!(d.iter().all(|&(_, p)| (p - 0.25).abs() < 1e-12), "T = 1e300: uniform, {d:?}");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(Sampler { temperature: 1e-320, ..Sampler::default() }.sample(&l, &mut rng), 1);
     }
 
     #[test]

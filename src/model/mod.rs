@@ -104,6 +104,7 @@ impl<B: Backend> Model<B> {
     pub fn new(be: &B, cfg: &Config) -> Result<Model<B>> {
         cfg.validate()?;
         be.supports(cfg)?;
+        crate::memory::require(be, cfg, crate::memory::Purpose::Weights, "the model's weights")?;
         let table = ParamTable::new(cfg);
         let mut params = Vec::with_capacity(table.specs.len());
         let mut grads = Vec::with_capacity(table.specs.len());

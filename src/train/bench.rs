@@ -47,6 +47,7 @@ pub fn train_steps<B: Backend>(be: &B, cfg: &Config, warmup: usize, steps: usize
 
 fn train_steps_in_session<B: Backend>(be: &B, cfg: &Config, warmup: usize, steps: usize) -> Result<StepTiming> {
     cfg.validate()?;
+    crate::memory::require(be, cfg, crate::memory::Purpose::Train, "training")?;
     let mut model = Model::new(be, cfg)?;
     let mut opt = Optimizer::new(be, &model)?;
     let (b, t, accum) = (cfg.train.batch_size, cfg.train.seq_len, cfg.train.grad_accum);
@@ -59,8 +60,11 @@ fn train_steps_in_session<B: Backend>(be: &B, cfg: &Config, warmup: usize, steps
     };
     let x: Vec<i32> = (0..b * t).map(|_| next()).collect();
     let y: Vec<i32> = (0..b * t).map(|_| next()).collect();
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
+    let total = warmup.checked_add(steps).ok_or_else(|| {
+        crate::Error::Config(format!("--warmup {warmup} plus --steps {steps} overflows; give realistic step counts"))
+    })?;
+    let mut times = Vec::new();
+    for i in 0..total {
         let t0 = Instant::now();
         model.zero_grads(be);
         for micro in 0..accum {

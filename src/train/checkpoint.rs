@@ -2,9 +2,9 @@
 //!
 //! - `model.safetensors`: every parameter under its DESIGN.md name, f32,
 //!   linear weights `[in, out]`; metadata `config` (the run config as JSON),
-//!   `step`, `format = "switchyard-v1"`, `checksum`.
+//!   `step`, `format = "switchyard-v2"`, `checksum`.
 //! - `optimizer.safetensors`: `exp_avg.<name>` and `exp_avg_sq.<name>`;
-//!   metadata `step`, `rng` (JSON), `checksum`.
+//!   metadata `format`, `step`, `rng` (JSON), `checksum`.
 //!
 //! All randomness in a run is counter-based (data order and router jitter are
 //! pure functions of `train.seed`, the step and the micro-batch), so the RNG
@@ -13,8 +13,17 @@
 //! Writes are atomic: both files go to `ckpt-NNNNNN.tmp/`, are fsynced, the
 //! directory is renamed into place and fsynced, and only then is the run's
 //! `latest` pointer replaced (write + fsync + rename). A crash at any moment
-//! leaves the previous checkpoint intact. Each file's tensor bytes carry an
-//! FNV-1a checksum, so truncation or corruption is reported, never loaded.
+//! leaves the previous checkpoint intact; a failed write (a full disk)
+//! removes its partial directory and names the cause.
+//!
+//! Each file carries an FNV-1a checksum over everything it holds: every
+//! metadata entry (config, step, RNG state, format) and every tensor's name,
+//! dtype, shape and bytes. A truncated or corrupted file, header included,
+//! is reported, never loaded. (`switchyard-v1` files, whose checksum covers
+//! the tensor bytes only, still load.)
+//!
+//! Checkpoint directories are ordered by their step number, not by name, so
+//! `ckpt-1000000` is newer than `ckpt-999999`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -31,7 +40,9 @@ use crate::train::optimizer::Optimizer;
 use crate::{Error, Result};
 
 /// Format tag written into every checkpoint.
-pub const FORMAT: &str = "switchyard-v1";
+pub const FORMAT: &str = "switchyard-v2";
+/// The earlier format (checksum over tensor bytes only), still readable.
+const FORMAT_V1: &str = "switchyard-v1";
 /// Name of the pointer file in a run directory.
 pub const LATEST: &str = "latest";
 
@@ -63,29 +74,78 @@ pub struct Checkpoint {
     pub rng: Option<RngState>,
 }
 
-fn fnv1a(chunks: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for c in chunks {
-        for &b in *c {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// FNV-1a, 64 bit, over a sequence of byte strings. Any single changed byte
+/// changes the result (each step is a bijection of the state).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn eat(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    h
+    /// A length-prefixed field, so field boundaries cannot shift.
+    fn field(&mut self, bytes: &[u8]) {
+        self.eat(&(bytes.len() as u64).to_le_bytes());
+        self.eat(bytes);
+    }
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// The v2 checksum: every metadata entry but `checksum` (sorted by key),
+/// then every tensor (sorted by name) as name, dtype, shape and bytes.
+fn checksum_v2<'a>(
+    meta: &HashMap<String, String>,
+    tensors: impl IntoIterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut h = Fnv::new();
+    let mut keys: Vec<&String> = meta.keys().filter(|k| k.as_str() != "checksum").collect();
+    keys.sort();
+    h.field(&(keys.len() as u64).to_le_bytes());
+    for k in keys {
+        h.field(k.as_bytes());
+        h.field(meta[k].as_bytes());
+    }
+    let mut ts: Vec<_> = tensors.into_iter().collect();
+    ts.sort_by(|a, b| a.0.cmp(b.0));
+    h.field(&(ts.len() as u64).to_le_bytes());
+    for (name, dtype, shape, data) in ts {
+        h.field(name.as_bytes());
+        h.field(format!("{dtype:?}").as_bytes());
+        let dims: Vec<u8> = shape.iter().flat_map(|&d| (d as u64).to_le_bytes()).collect();
+        h.field(&dims);
+        h.field(data);
+    }
+    h.hex()
+}
+
+/// The v1 checksum: tensor bytes only, sorted by name.
+fn checksum_v1(chunks: &[&[u8]]) -> String {
+    let mut h = Fnv::new();
+    for c in chunks {
+        h.eat(c);
+    }
+    h.hex()
 }
 
 fn to_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
-fn sync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    fs::File::open(path).and_then(|f| f.sync_all())
 }
 
 fn serialize(
@@ -93,10 +153,9 @@ fn serialize(
     mut meta: HashMap<String, String>,
     path: &Path,
 ) -> Result<Vec<u8>> {
-    let mut sorted: Vec<&(String, Vec<usize>, Vec<u8>)> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let chunks: Vec<&[u8]> = sorted.iter().map(|t| t.2.as_slice()).collect();
-    meta.insert("checksum".into(), format!("{:016x}", fnv1a(&chunks)));
+    meta.insert("format".into(), FORMAT.into());
+    let sum = checksum_v2(&meta, tensors.iter().map(|(n, s, b)| (n.as_str(), Dtype::F32, s.as_slice(), b.as_slice())));
+    meta.insert("checksum".into(), sum);
     let views = tensors
         .iter()
         .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
@@ -106,9 +165,25 @@ fn serialize(
         .map_err(|e| Error::Checkpoint(format!("cannot serialize {}: {e}", path.display())))
 }
 
+/// The directory name of the checkpoint after `step` steps.
+pub fn dir_name(step: u64) -> String {
+    format!("ckpt-{step:06}")
+}
+
+/// The step of a checkpoint directory name (`ckpt-` and digits), any width.
+pub fn step_of(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("ckpt-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// Write a checkpoint of `model` (and `opt`) after `step` completed steps
 /// into `run_dir/ckpt-{step:06}`, atomically, then point `latest` at it and
-/// delete checkpoints beyond the newest `keep`.
+/// delete checkpoints beyond the newest `keep` (by step). If a write fails
+/// (a full disk), the partial checkpoint is removed, the previous one stays
+/// intact and the error names the cause.
 pub fn save<B: Backend>(
     be: &B,
     run_dir: &Path,
@@ -117,81 +192,98 @@ pub fn save<B: Backend>(
     step: u64,
     keep: usize,
 ) -> Result<PathBuf> {
-    let name = format!("ckpt-{step:06}");
+    let name = dir_name(step);
     let final_dir = run_dir.join(&name);
     let tmp_dir = run_dir.join(format!("{name}.tmp"));
-    if tmp_dir.exists() {
-        fs::remove_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+    let files = encode(be, model, opt, step, &tmp_dir)?;
+    let written = (|| -> std::io::Result<()> {
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir)?;
+        }
+        fs::create_dir_all(&tmp_dir)?;
+        for (file, bytes) in &files {
+            write_synced(&tmp_dir.join(file), bytes)?;
+        }
+        sync_dir(&tmp_dir)?;
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir)?;
+        }
+        fs::rename(&tmp_dir, &final_dir)?;
+        sync_dir(run_dir)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&tmp_dir);
+        let previous = match resolve(run_dir) {
+            Ok(p) => format!("the previous checkpoint {} is intact", p.display()),
+            Err(_) => "no earlier checkpoint exists".into(),
+        };
+        return Err(Error::Checkpoint(format!(
+            "could not write checkpoint {} ({e}{}); the partial write was removed and {previous}",
+            final_dir.display(),
+            crate::files::io_hint(&e)
+        )));
     }
-    fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
-    let config_json = serde_json::to_string(&model.cfg).expect("config serializes");
-    let specs = &model.table.specs;
+    crate::files::write_atomic(&run_dir.join(LATEST), name.as_bytes())?;
+    prune(run_dir, keep, &name)?;
+    Ok(final_dir)
+}
 
+/// The two files of a checkpoint, serialized.
+fn encode<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    opt: &Optimizer<B>,
+    step: u64,
+    dir: &Path,
+) -> Result<[(&'static str, Vec<u8>); 2]> {
+    let config_json = serde_json::to_string(&model.cfg)
+        .map_err(|e| Error::Checkpoint(format!("cannot encode the run config: {e}")))?;
+    let specs = &model.table.specs;
     let weights = specs
         .iter()
         .zip(&model.params)
         .map(|(s, p)| (s.name.clone(), s.shape.clone(), to_bytes(&be.download(p))))
         .collect();
-    let meta: HashMap<String, String> = [
-        ("format".to_string(), FORMAT.to_string()),
-        ("config".to_string(), config_json),
-        ("step".to_string(), step.to_string()),
-    ]
-    .into();
-    let path = tmp_dir.join("model.safetensors");
-    write_synced(&path, &serialize(weights, meta, &path)?)?;
-
+    let meta: HashMap<String, String> =
+        [("config".to_string(), config_json), ("step".to_string(), step.to_string())].into();
+    let model_bytes = serialize(weights, meta, &dir.join("model.safetensors"))?;
     let mut moments = Vec::new();
     for (i, s) in specs.iter().enumerate() {
         moments.push((format!("exp_avg.{}", s.name), s.shape.clone(), to_bytes(&be.download(&opt.m[i]))));
         moments.push((format!("exp_avg_sq.{}", s.name), s.shape.clone(), to_bytes(&be.download(&opt.v[i]))));
     }
     let rng = RngState { seed: model.cfg.train.seed, next_step: step };
-    let meta: HashMap<String, String> = [
-        ("format".to_string(), FORMAT.to_string()),
-        ("step".to_string(), step.to_string()),
-        ("rng".to_string(), serde_json::to_string(&rng).expect("rng serializes")),
-    ]
-    .into();
-    let path = tmp_dir.join("optimizer.safetensors");
-    write_synced(&path, &serialize(moments, meta, &path)?)?;
-    sync_dir(&tmp_dir)?;
-
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    }
-    fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    sync_dir(run_dir)?;
-    let latest_tmp = run_dir.join(format!("{LATEST}.tmp"));
-    write_synced(&latest_tmp, name.as_bytes())?;
-    fs::rename(&latest_tmp, run_dir.join(LATEST)).map_err(|e| Error::io(run_dir.join(LATEST), e))?;
-    sync_dir(run_dir)?;
-    prune(run_dir, keep)?;
-    Ok(final_dir)
+    let rng_json = serde_json::to_string(&rng).map_err(|e| Error::Checkpoint(format!("cannot encode {rng:?}: {e}")))?;
+    let meta: HashMap<String, String> = [("step".to_string(), step.to_string()), ("rng".to_string(), rng_json)].into();
+    let opt_bytes = serialize(moments, meta, &dir.join("optimizer.safetensors"))?;
+    Ok([("model.safetensors", model_bytes), ("optimizer.safetensors", opt_bytes)])
 }
 
-/// Checkpoint directories in `run_dir`, oldest first.
+/// Checkpoint directories in `run_dir`, oldest first (by step number).
 pub fn list(run_dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(run_dir)
+    let mut v: Vec<(u64, PathBuf)> = fs::read_dir(run_dir)
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with("ckpt-") && !n.ends_with(".tmp") && n[5..].chars().all(|c| c.is_ascii_digit())
-                })
+        .filter_map(|e| {
+            let step = step_of(e.file_name().to_str()?)?;
+            let p = e.path();
+            p.is_dir().then_some((step, p))
         })
         .collect();
     v.sort();
-    v
+    v.into_iter().map(|(_, p)| p).collect()
 }
 
-fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+/// Delete the oldest checkpoints beyond the newest `keep`; never `current`
+/// (the one `latest` names).
+fn prune(run_dir: &Path, keep: usize, current: &str) -> Result<()> {
     let all = list(run_dir);
     if all.len() > keep {
         for old in &all[..all.len() - keep] {
+            if old.file_name().and_then(|n| n.to_str()) == Some(current) {
+                continue;
+            }
             fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
         }
     }
@@ -199,7 +291,9 @@ fn prune(run_dir: &Path, keep: usize) -> Result<()> {
 }
 
 /// Resolve a path given by the user: a checkpoint directory, or a run
-/// directory (its `latest` checkpoint).
+/// directory (the checkpoint its `latest` file names; without one, its
+/// newest checkpoint). `latest` must name a checkpoint of that directory
+/// (`ckpt-N`): a path there could lead a resume into another run.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         return Err(Error::Checkpoint(format!(
@@ -213,7 +307,16 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     let latest = path.join(LATEST);
     if latest.exists() {
         let name = fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
-        let dir = path.join(name.trim());
+        let name = name.trim();
+        if step_of(name).is_none() {
+            return Err(Error::Checkpoint(format!(
+                "{} holds {name:?}, which is not the name of a checkpoint in this directory (ckpt-NNNNNN); it was \
+                 edited or damaged: write the name of one of the checkpoints that exist into it ({})",
+                latest.display(),
+                names(&list(path))
+            )));
+        }
+        let dir = path.join(name);
         if dir.join("model.safetensors").exists() {
             return Ok(dir);
         }
@@ -224,14 +327,43 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
             names(&list(path))
         )));
     }
+    // A crash between a first checkpoint's rename and its `latest` leaves a
+    // complete checkpoint without a pointer.
+    if let Some(newest) = list(path).into_iter().rev().find(|d| d.join("model.safetensors").exists()) {
+        return Ok(newest);
+    }
     Err(Error::Checkpoint(format!(
-        "{} is neither a checkpoint (no model.safetensors) nor a run directory (no `latest` file){}",
+        "{} is neither a checkpoint (no model.safetensors) nor a run directory with a checkpoint (no `latest` \
+         file, no ckpt-NNNNNN directory)",
         path.display(),
-        match list(path).as_slice() {
-            [] => String::new(),
-            l => format!("; checkpoints found inside: {}", names(l)),
-        }
     )))
+}
+
+/// What `train --resume PATH` continues from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// A checkpoint directory.
+    Checkpoint(PathBuf),
+    /// A run directory that stopped before its first checkpoint (killed, or
+    /// stopped by a NaN): there is nothing to continue, so it starts over
+    /// from step 0 in the same directory.
+    Restart(PathBuf),
+}
+
+/// Resolve `--resume PATH`: a checkpoint (as [`resolve`]), or a run
+/// directory that has a `config.toml` but no checkpoint yet.
+pub fn resolve_resume(path: &Path) -> Result<ResumeFrom> {
+    match resolve(path) {
+        Ok(dir) => Ok(ResumeFrom::Checkpoint(dir)),
+        Err(e) => {
+            let started = path.join("config.toml").is_file();
+            if started && !path.join(LATEST).exists() && list(path).is_empty() {
+                Ok(ResumeFrom::Restart(path.to_path_buf()))
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 fn names(l: &[PathBuf]) -> String {
@@ -266,17 +398,28 @@ impl Loaded {
         let (_, meta) = SafeTensors::read_metadata(&self.bytes).map_err(|e| corrupt(e.to_string()))?;
         let st = SafeTensors::deserialize(&self.bytes).map_err(|e| corrupt(e.to_string()))?;
         let meta = meta.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(Error::Checkpoint(format!(
-                "{} is not a switchyard checkpoint (format tag {:?}, expected {FORMAT:?})",
-                path.display(),
-                meta.get("format")
-            )));
-        }
-        let mut names: Vec<&str> = st.names();
-        names.sort();
-        let chunks: Vec<&[u8]> = names.iter().map(|n| st.tensor(n).map(|t| t.data()).unwrap_or(&[])).collect();
-        let sum = format!("{:016x}", fnv1a(&chunks));
+        let sum = match meta.get("format").map(String::as_str) {
+            Some(FORMAT) => {
+                let mut tensors = Vec::new();
+                for (name, t) in st.tensors() {
+                    tensors.push((name, t.dtype(), t.shape().to_vec(), t.data()));
+                }
+                checksum_v2(&meta, tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), *b)))
+            }
+            Some(FORMAT_V1) => {
+                let mut names: Vec<&str> = st.names();
+                names.sort();
+                let chunks: Vec<&[u8]> = names.iter().map(|n| st.tensor(n).map(|t| t.data()).unwrap_or(&[])).collect();
+                checksum_v1(&chunks)
+            }
+            other => {
+                return Err(Error::Checkpoint(format!(
+                    "{} is not a switchyard checkpoint, or it is corrupted (format tag {other:?}, expected \
+                     {FORMAT:?})",
+                    path.display(),
+                )))
+            }
+        };
         if meta.get("checksum") != Some(&sum) {
             return Err(corrupt(format!("checksum {sum} does not match the stored {:?}", meta.get("checksum"))));
         }
@@ -315,17 +458,40 @@ fn config_from_meta(meta: &HashMap<String, String>, path: &Path) -> Result<Confi
     let json = meta
         .get("config")
         .ok_or_else(|| Error::Checkpoint(format!("{} carries no config metadata", path.display())))?;
-    serde_json::from_str(json).map_err(|e| {
+    let cfg: Config = serde_json::from_str(json).map_err(|e| {
         Error::Checkpoint(format!(
             "the config stored in {} does not parse ({e}); it was written by an incompatible version",
             path.display()
         ))
-    })
+    })?;
+    cfg.validate().map_err(|e| {
+        Error::Checkpoint(format!(
+            "the config stored in {} is not valid ({e}); the checkpoint was edited or written by an incompatible \
+             version",
+            path.display()
+        ))
+    })?;
+    Ok(cfg)
+}
+
+fn step_from_meta(meta: &HashMap<String, String>, path: &Path) -> Result<u64> {
+    meta.get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `step` metadata", path.display())))
+}
+
+/// The step a checkpoint directory was written after (its file verified).
+pub fn read_step(dir: &Path) -> Result<u64> {
+    let path = dir.join("model.safetensors");
+    let l = Loaded::read(&path)?;
+    let (_, meta) = l.parse(&path)?;
+    step_from_meta(&meta, &path)
 }
 
 /// Read checkpoint `dir` for a model of config `expect` (its model section
 /// must match the stored one: every mismatching key is named), with the
-/// optimizer state when `with_optimizer`.
+/// optimizer state when `with_optimizer`. Refuses a checkpoint whose tensors
+/// would not fit the host's memory before reading them.
 pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpoint> {
     let path = dir.join("model.safetensors");
     let l = Loaded::read(&path)?;
@@ -339,10 +505,15 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
             diffs.join(", ")
         )));
     }
-    let step: u64 = meta
-        .get("step")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `step` metadata", path.display())))?;
+    let step = step_from_meta(&meta, &path)?;
+    let copies = if with_optimizer { 3 } else { 1 };
+    let need = crate::memory::estimate(expect, crate::memory::Purpose::Weights)?;
+    let host = crate::memory::Estimate::single(
+        format!("{} as host tensors", dir.display()),
+        need.parts.iter().find(|p| p.what == "parameters").map_or(0, |p| p.bytes).saturating_mul(copies),
+        "the model size",
+    );
+    crate::memory::check(&host, crate::memory::host_available(), "reading the checkpoint", "the host")?;
     let table = ParamTable::new(expect);
     let params = table.specs.iter().map(|s| read_tensor(&st, &s.name, &s.shape, &path)).collect::<Result<Vec<_>>>()?;
     let (moments, rng) = if with_optimizer {
@@ -375,9 +546,12 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
 
 /// The model-section keys whose values differ, as `key: stored vs given`.
 pub fn model_diffs(stored: &Config, given: &Config) -> Vec<String> {
-    let a = toml::Value::try_from(&stored.model).expect("serializes");
-    let b = toml::Value::try_from(&given.model).expect("serializes");
-    let (a, b) = (a.as_table().expect("table"), b.as_table().expect("table"));
+    // JSON, not TOML: it holds every integer a config can (TOML stops at i64).
+    let as_map = |c: &Config| match serde_json::to_value(&c.model) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (a, b) = (as_map(stored), as_map(given));
     a.iter()
         .filter(|(k, v)| b.get(*k) != Some(v))
         .filter(|(k, _)| ARCH_KEYS.contains(&k.as_str()))

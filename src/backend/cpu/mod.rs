@@ -32,6 +32,9 @@ pub const REDUCE_CHUNK: usize = 64;
 pub struct Cpu {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// Bytes handed out by `alloc`/`alloc_i` over this backend's life (what
+    /// `memory::estimate` predicts; tests hold the two equal).
+    allocated: std::sync::atomic::AtomicU64,
 }
 
 impl Cpu {
@@ -43,7 +46,13 @@ impl Cpu {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Backend(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(Cpu { pool, threads })
+        Ok(Cpu { pool, threads, allocated: Default::default() })
+    }
+
+    /// Bytes allocated through [`Backend::alloc`] and [`Backend::alloc_i`]
+    /// so far (buffers are never returned to the count).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Worker threads in use.
@@ -114,6 +123,7 @@ impl Backend for Cpu {
     }
 
     fn alloc(&self, n: usize, what: &str) -> Result<Vec<f32>> {
+        self.allocated.fetch_add(n as u64 * 4, std::sync::atomic::Ordering::Relaxed);
         let mut v = Vec::new();
         v.try_reserve_exact(n).map_err(|_| {
             Error::Backend(format!(
@@ -126,6 +136,7 @@ impl Backend for Cpu {
     }
 
     fn alloc_i(&self, n: usize, what: &str) -> Result<Vec<i32>> {
+        self.allocated.fetch_add(n as u64 * 4, std::sync::atomic::Ordering::Relaxed);
         let mut v = Vec::new();
         v.try_reserve_exact(n)
             .map_err(|_| Error::Backend(format!("out of host memory allocating {what} ({} MiB)", (n * 4) >> 20)))?;

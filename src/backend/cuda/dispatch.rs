@@ -26,7 +26,10 @@ pub(super) fn fwd(
     row_assign: &CudaIBuf,
     (n_rows, k, d): (usize, usize, usize),
 ) {
-    assert!(xe.len() >= n_rows * d && row_assign.len() >= n_rows && x.len() % d.max(1) == 0, "dispatch_fwd: shapes");
+    assert!(
+        xe.len() >= n_rows * d && row_assign.len() >= n_rows && x.len().is_multiple_of(d.max(1)),
+        "dispatch_fwd: shapes"
+    );
     let (out, out_bf16) = cu.out_with_bf16(xe);
     let p = DispatchParams {
         out,

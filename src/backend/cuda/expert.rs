@@ -28,7 +28,7 @@ const BIAS_BLOCK: usize = 256;
 /// (configs that would hit one are refused earlier, with the fix, by
 /// `check_config`).
 fn supported(cu: &Cuda, op: &str, rows: usize, e: usize, k: usize, n: usize) -> bool {
-    let why = if k % 8 != 0 || n % 8 != 0 || k == 0 || n == 0 {
+    let why = if !k.is_multiple_of(8) || !n.is_multiple_of(8) || k == 0 || n == 0 {
         Some(format!("expert dims {k} x {n}: both must be positive multiples of 8"))
     } else if e == 0 || e > super::router::MAX_EXPERTS {
         Some(format!("{e} experts (1..={} supported)", super::router::MAX_EXPERTS))

@@ -183,7 +183,7 @@ pub fn check_config(cfg: &Config) -> Result<()> {
                 m.top_k
             )));
         }
-        if m.d_ff % 8 != 0 {
+        if !m.d_ff.is_multiple_of(8) {
             return Err(Error::Config(format!(
                 "model.d_ff = {}: the CUDA expert GEMM needs d_ff to be a multiple of 8 (16-byte rows); use {} or \
                  --device cpu",
@@ -559,6 +559,22 @@ impl Backend for Cuda {
 
     fn supports(&self, cfg: &Config) -> Result<()> {
         check_config(cfg)
+    }
+
+    fn available_memory(&self) -> Option<crate::memory::Available> {
+        let (free, total) = self.memory().ok()?;
+        Some(crate::memory::Available {
+            bytes: free as u64,
+            source: format!("free device memory of {} total (cuMemGetInfo)", crate::memory::human_bytes(total as u64)),
+        })
+    }
+
+    /// bf16 copies of the parameters (written by AdamW for the tensor-core
+    /// matmuls), and bf16 operand copies and scratch of the activations,
+    /// bounded by half their f32 size. Not yet measured on a GPU.
+    fn extra_memory(&self, est: &crate::memory::Estimate) -> u64 {
+        let part = |name: &str| est.parts.iter().filter(|p| p.what.starts_with(name)).map(|p| p.bytes).sum::<u64>();
+        part("parameters") / 2 + part("activations") / 2 + part("inference work") / 2
     }
 
     fn alloc(&self, n: usize, what: &str) -> Result<CudaBuf> {
