@@ -91,10 +91,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Remove what an interrupted write left in `dir`: `*.tmp` files and
-/// directories (a checkpoint that was being written, a half-written
-/// `latest` or results file) and the write probe. Called with the
-/// directory's lock held, so nothing else is writing them.
+/// Files switchyard writes atomically (through `NAME.tmp`) into run and
+/// sweep directories.
+const ATOMIC_FILES: &[&str] = &[
+    "latest",
+    "config.toml",
+    "run.json",
+    "metrics.jsonl",
+    "summary.json",
+    "routing.json",
+    "results.jsonl",
+    "results.csv",
+    "sweep.json",
+];
+
+/// Whether `name` is a partial write of ours: `NAME.tmp` of an atomically
+/// written file, a checkpoint directory being written (`ckpt-N.tmp`), or
+/// the write probe. Nothing else (a sweep point's directory, a user's file)
+/// ever matches.
+fn is_partial_write(name: &str, is_dir: bool) -> bool {
+    match name.strip_suffix(".tmp") {
+        Some(base) if is_dir => crate::train::checkpoint::step_of(base).is_some(),
+        Some(base) => ATOMIC_FILES.contains(&base),
+        None => name == WRITE_PROBE && !is_dir,
+    }
+}
+
+/// Remove what an interrupted write left in `dir`: a checkpoint directory
+/// that was being written, a half-written `latest`, summary or results
+/// file, the write probe. Called with the directory's lock held, so nothing
+/// else is writing them.
 pub fn remove_partial_writes(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
@@ -102,11 +128,11 @@ pub fn remove_partial_writes(dir: &Path) -> Result<Vec<PathBuf>> {
     };
     for entry in entries.flatten() {
         let p = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.ends_with(".tmp") || name == WRITE_PROBE) {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_partial_write(&entry.file_name().to_string_lossy(), is_dir) {
             continue;
         }
-        let r = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        let r = if is_dir { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
         r.map_err(|e| Error::io(&p, e))?;
         removed.push(p);
     }
@@ -169,10 +195,15 @@ mod tests {
         fs::create_dir(dir.path().join("ckpt-000004.tmp")).unwrap();
         fs::write(dir.path().join("ckpt-000004.tmp/model.safetensors"), b"half").unwrap();
         fs::write(dir.path().join("latest.tmp"), b"ckpt").unwrap();
+        // Not ours: a sweep point whose label ends in .tmp, a user's file.
+        fs::create_dir(dir.path().join("00-source=corpus.tmp")).unwrap();
+        fs::write(dir.path().join("notes.tmp"), b"mine").unwrap();
         let mut removed = remove_partial_writes(dir.path()).unwrap();
         removed.sort();
-        assert_eq!(removed.len(), 2);
-        assert!(p.exists() && !dir.path().join("latest.tmp").exists());
+        assert_eq!(removed, [dir.path().join("ckpt-000004.tmp"), dir.path().join("latest.tmp")]);
+        assert!(
+            p.exists() && dir.path().join("00-source=corpus.tmp").is_dir() && dir.path().join("notes.tmp").exists()
+        );
     }
 
     #[test]

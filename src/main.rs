@@ -548,15 +548,14 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
     let data = Dataset::open(&cfg).with_context(|| paths_hint(a.data.is_some(), a.tokenizer.is_some()))?;
     let dev = backend(&a.device, &cfg)?;
     on_device!(&dev, |be| switchyard::memory::require(be, &cfg, switchyard::memory::Purpose::Eval, "evaluation"))?;
-    let ck = checkpoint::load(&dir, &cfg, false)?;
-    let (mut rec, routing) = on_device!(&dev, |be| {
+    let (mut rec, routing, step) = on_device!(&dev, |be| {
         let mut model = Model::new(be, &cfg)?;
-        checkpoint::restore(be, &ck, &mut model, None);
+        let ck = checkpoint::restore_from(be, &dir, &cfg, &mut model, None)?;
         let rec = train::evaluate(be, &mut model, &data, batches)?;
         let routing = if a.stats { train::routing::routing_stats(be, &mut model, &data, batches)? } else { Vec::new() };
-        (rec, routing)
+        (rec, routing, ck.step)
     });
-    rec.step = ck.step;
+    rec.step = step;
     let info = data.info();
     if a.json {
         let mut v = serde_json::to_value(&rec)?;
@@ -569,7 +568,7 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("checkpoint: {} (step {})", dir.display(), ck.step);
+    println!("checkpoint: {} (step {step})", dir.display());
     println!("data: {}", info.description);
     println!(
         "val loss {:.4}  perplexity {:.3}  ({} tokens, eval capacity factor {})",
@@ -748,7 +747,6 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
         max_prompt: prompts.iter().map(Vec::len).max().unwrap_or(0),
     };
     on_device!(&dev, |be| switchyard::memory::require(be, &cfg, purpose, "generation"))?;
-    let ck = checkpoint::load(&dir, &cfg, false)?;
     let single = prompts.len() == 1 && a.prompts.is_none();
     // Streaming: print the decoded text's new suffix as tokens arrive (holding
     // back a trailing partial UTF-8 character).
@@ -769,7 +767,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
     };
     let result = on_device!(&dev, |be| {
         let mut model = Model::new(be, &cfg)?;
-        checkpoint::restore(be, &ck, &mut model, None);
+        checkpoint::restore_from(be, &dir, &cfg, &mut model, None)?;
         generate(be, &model, &prompts, &opts, &mut stream).map(|g| (g, be.name()))
     });
     let (gen, device) = match result {

@@ -31,6 +31,10 @@ use crate::{Error, Result};
 /// Bytes per stored element (f32 values and i32 indices alike).
 const ELEM: u64 = 4;
 
+/// The part of an estimate that is host memory for checkpoint reads and
+/// writes (one tensor at a time), not a backend buffer.
+pub const CHECKPOINT_IO: &str = "checkpoint I/O (largest tensor)";
+
 /// The settings that shrink the weights.
 const MODEL: &str = "model.n_layer, model.d_model, model.d_ff, model.n_experts or model.vocab_size";
 
@@ -123,6 +127,8 @@ pub fn active_param_count(cfg: &Config) -> Result<u64> {
 
 struct Shapes {
     total: u64,
+    /// Elements of the largest single tensor (checkpoints stream one at a time).
+    largest: u64,
     moe_layers: u64,
     dense_layers: u64,
     /// Parameters of the stacked experts of one MoE layer.
@@ -149,7 +155,9 @@ fn shapes(cfg: &Config) -> Result<Shapes> {
     let dense_total = product(&[("dense layers", dense_layers), ("layer parameters", sum(&[attn, mlp])?)])?;
     let moe_total = product(&[("MoE layers", moe_layers), ("layer parameters", sum(&[attn, experts, router])?)])?;
     let total = sum(&[wte, wpe, dense_total, moe_total, 2 * d])?;
-    Ok(Shapes { total, moe_layers, dense_layers, expert_params_per_layer: experts })
+    let stacked = if moe_layers > 0 { product(&[("model.n_experts", e), ("d_model x d_ff", df)])? } else { 0 };
+    let largest = [wte, wpe, 3 * dd, df, stacked, router].into_iter().max().unwrap_or(0);
+    Ok(Shapes { total, largest, moe_layers, dense_layers, expert_params_per_layer: experts })
 }
 
 /// Elements of the activations and backward scratch of one training or
@@ -297,6 +305,20 @@ pub fn estimate(cfg: &Config, purpose: Purpose) -> Result<Estimate> {
             });
         }
         Purpose::Weights => {}
+    }
+    // Checkpoints move one tensor at a time through the host: a write holds
+    // its f32 download and its bytes, a read its f32 values.
+    let copies = match purpose {
+        Purpose::Train => 2,
+        Purpose::Eval | Purpose::Generate { .. } => 1,
+        Purpose::Weights => 0,
+    };
+    if copies > 0 {
+        parts.push(Part {
+            what: CHECKPOINT_IO.into(),
+            bytes: product(&[("copies", copies), ("largest tensor bytes", bytes(s.largest)?)])?,
+            shrink: MODEL,
+        });
     }
     let total = sum(&parts.iter().map(|p| p.bytes).collect::<Vec<_>>())?;
     parts.sort_by_key(|p| std::cmp::Reverse(p.bytes));

@@ -30,7 +30,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
@@ -98,31 +98,33 @@ impl Fnv {
     }
 }
 
-/// The v2 checksum: every metadata entry but `checksum` (sorted by key),
-/// then every tensor (sorted by name) as name, dtype, shape and bytes.
-fn checksum_v2<'a>(
-    meta: &HashMap<String, String>,
-    tensors: impl IntoIterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
-) -> String {
-    let mut h = Fnv::new();
-    let mut keys: Vec<&String> = meta.keys().filter(|k| k.as_str() != "checksum").collect();
-    keys.sort();
-    h.field(&(keys.len() as u64).to_le_bytes());
-    for k in keys {
-        h.field(k.as_bytes());
-        h.field(meta[k].as_bytes());
+/// The v2 checksum, built incrementally: every metadata entry but
+/// `checksum` (sorted by key), then every tensor (in name order) as name,
+/// dtype, shape and bytes.
+struct ChecksumV2(Fnv);
+
+impl ChecksumV2 {
+    fn new(meta: &HashMap<String, String>, n_tensors: usize) -> ChecksumV2 {
+        let mut h = Fnv::new();
+        let mut keys: Vec<&String> = meta.keys().filter(|k| k.as_str() != "checksum").collect();
+        keys.sort();
+        h.field(&(keys.len() as u64).to_le_bytes());
+        for k in keys {
+            h.field(k.as_bytes());
+            h.field(meta[k].as_bytes());
+        }
+        h.field(&(n_tensors as u64).to_le_bytes());
+        ChecksumV2(h)
     }
-    let mut ts: Vec<_> = tensors.into_iter().collect();
-    ts.sort_by(|a, b| a.0.cmp(b.0));
-    h.field(&(ts.len() as u64).to_le_bytes());
-    for (name, dtype, shape, data) in ts {
-        h.field(name.as_bytes());
-        h.field(format!("{dtype:?}").as_bytes());
+
+    /// The next tensor (callers go in name order).
+    fn tensor(&mut self, name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) {
+        self.0.field(name.as_bytes());
+        self.0.field(format!("{dtype:?}").as_bytes());
         let dims: Vec<u8> = shape.iter().flat_map(|&d| (d as u64).to_le_bytes()).collect();
-        h.field(&dims);
-        h.field(data);
+        self.0.field(&dims);
+        self.0.field(data);
     }
-    h.hex()
 }
 
 /// The v1 checksum: tensor bytes only, sorted by name.
@@ -134,35 +136,65 @@ fn checksum_v1(chunks: &[&[u8]]) -> String {
     h.hex()
 }
 
-fn to_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
 fn sync_dir(path: &Path) -> std::io::Result<()> {
     fs::File::open(path).and_then(|f| f.sync_all())
 }
 
-fn serialize(
-    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
-    mut meta: HashMap<String, String>,
+/// A safetensors header: `__metadata__` and every tensor's dtype, shape and
+/// byte range, padded with spaces to a multiple of 8 bytes.
+fn header(meta: &HashMap<String, String>, tensors: &[(String, Vec<usize>, u64, u64)]) -> Vec<u8> {
+    let mut root = serde_json::Map::new();
+    let sorted: std::collections::BTreeMap<&String, &String> = meta.iter().collect();
+    root.insert("__metadata__".into(), serde_json::json!(sorted));
+    for (name, shape, start, end) in tensors {
+        root.insert(name.clone(), serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [start, end] }));
+    }
+    let mut bytes = serde_json::Value::Object(root).to_string().into_bytes();
+    bytes.resize(bytes.len().next_multiple_of(8), b' ');
+    bytes
+}
+
+/// Write a safetensors file of f32 tensors, streamed: each tensor is
+/// downloaded and written in turn (name order), so the host holds one tensor
+/// at a time, not the whole file. The header goes first with a placeholder
+/// checksum of the same length and is rewritten once the data is hashed.
+/// Fsynced.
+fn write_streamed<B: Backend>(
+    be: &B,
     path: &Path,
-) -> Result<Vec<u8>> {
+    mut meta: HashMap<String, String>,
+    mut tensors: Vec<(String, Vec<usize>, &B::Buf)>,
+) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
     meta.insert("format".into(), FORMAT.into());
-    let sum = checksum_v2(&meta, tensors.iter().map(|(n, s, b)| (n.as_str(), Dtype::F32, s.as_slice(), b.as_slice())));
-    meta.insert("checksum".into(), sum);
-    let views = tensors
+    meta.insert("checksum".into(), "0".repeat(16));
+    let mut offset = 0u64;
+    let layout: Vec<(String, Vec<usize>, u64, u64)> = tensors
         .iter()
-        .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Checkpoint(format!("cannot build tensor views for {}: {e}", path.display())))?;
-    safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| Error::Checkpoint(format!("cannot serialize {}: {e}", path.display())))
+        .map(|(name, shape, _)| {
+            let start = offset;
+            offset += shape.iter().product::<usize>() as u64 * 4;
+            (name.clone(), shape.clone(), start, offset)
+        })
+        .collect();
+    let placeholder = header(&meta, &layout);
+    let mut sum = ChecksumV2::new(&meta, tensors.len());
+    let mut f = std::io::BufWriter::new(fs::File::create(path)?);
+    f.write_all(&(placeholder.len() as u64).to_le_bytes())?;
+    f.write_all(&placeholder)?;
+    for (name, shape, buf) in &tensors {
+        let bytes: Vec<u8> = be.download(buf).iter().flat_map(|x| x.to_le_bytes()).collect();
+        sum.tensor(name, Dtype::F32, shape, &bytes);
+        f.write_all(&bytes)?;
+    }
+    meta.insert("checksum".into(), sum.0.hex());
+    let real = header(&meta, &layout);
+    debug_assert_eq!(real.len(), placeholder.len(), "the checksum has a fixed width");
+    let mut f = f.into_inner().map_err(|e| e.into_error())?;
+    f.seek(SeekFrom::Start(8))?;
+    f.write_all(&real)?;
+    f.sync_all()
 }
 
 /// The directory name of the checkpoint after `step` steps.
@@ -195,15 +227,26 @@ pub fn save<B: Backend>(
     let name = dir_name(step);
     let final_dir = run_dir.join(&name);
     let tmp_dir = run_dir.join(format!("{name}.tmp"));
-    let files = encode(be, model, opt, step, &tmp_dir)?;
+    let config_json = serde_json::to_string(&model.cfg)
+        .map_err(|e| Error::Checkpoint(format!("cannot encode the run config: {e}")))?;
+    let rng = RngState { seed: model.cfg.train.seed, next_step: step };
+    let rng_json = serde_json::to_string(&rng).map_err(|e| Error::Checkpoint(format!("cannot encode {rng:?}: {e}")))?;
+    let specs = &model.table.specs;
     let written = (|| -> std::io::Result<()> {
         if tmp_dir.exists() {
             fs::remove_dir_all(&tmp_dir)?;
         }
         fs::create_dir_all(&tmp_dir)?;
-        for (file, bytes) in &files {
-            write_synced(&tmp_dir.join(file), bytes)?;
+        let weights = specs.iter().zip(&model.params).map(|(s, p)| (s.name.clone(), s.shape.clone(), p)).collect();
+        let meta = [("config".to_string(), config_json), ("step".to_string(), step.to_string())].into();
+        write_streamed(be, &tmp_dir.join("model.safetensors"), meta, weights)?;
+        let mut moments = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            moments.push((format!("exp_avg.{}", s.name), s.shape.clone(), &opt.m[i]));
+            moments.push((format!("exp_avg_sq.{}", s.name), s.shape.clone(), &opt.v[i]));
         }
+        let meta = [("step".to_string(), step.to_string()), ("rng".to_string(), rng_json)].into();
+        write_streamed(be, &tmp_dir.join("optimizer.safetensors"), meta, moments)?;
         sync_dir(&tmp_dir)?;
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir)?;
@@ -226,37 +269,6 @@ pub fn save<B: Backend>(
     crate::files::write_atomic(&run_dir.join(LATEST), name.as_bytes())?;
     prune(run_dir, keep, &name)?;
     Ok(final_dir)
-}
-
-/// The two files of a checkpoint, serialized.
-fn encode<B: Backend>(
-    be: &B,
-    model: &Model<B>,
-    opt: &Optimizer<B>,
-    step: u64,
-    dir: &Path,
-) -> Result<[(&'static str, Vec<u8>); 2]> {
-    let config_json = serde_json::to_string(&model.cfg)
-        .map_err(|e| Error::Checkpoint(format!("cannot encode the run config: {e}")))?;
-    let specs = &model.table.specs;
-    let weights = specs
-        .iter()
-        .zip(&model.params)
-        .map(|(s, p)| (s.name.clone(), s.shape.clone(), to_bytes(&be.download(p))))
-        .collect();
-    let meta: HashMap<String, String> =
-        [("config".to_string(), config_json), ("step".to_string(), step.to_string())].into();
-    let model_bytes = serialize(weights, meta, &dir.join("model.safetensors"))?;
-    let mut moments = Vec::new();
-    for (i, s) in specs.iter().enumerate() {
-        moments.push((format!("exp_avg.{}", s.name), s.shape.clone(), to_bytes(&be.download(&opt.m[i]))));
-        moments.push((format!("exp_avg_sq.{}", s.name), s.shape.clone(), to_bytes(&be.download(&opt.v[i]))));
-    }
-    let rng = RngState { seed: model.cfg.train.seed, next_step: step };
-    let rng_json = serde_json::to_string(&rng).map_err(|e| Error::Checkpoint(format!("cannot encode {rng:?}: {e}")))?;
-    let meta: HashMap<String, String> = [("step".to_string(), step.to_string()), ("rng".to_string(), rng_json)].into();
-    let opt_bytes = serialize(moments, meta, &dir.join("optimizer.safetensors"))?;
-    Ok([("model.safetensors", model_bytes), ("optimizer.safetensors", opt_bytes)])
 }
 
 /// Checkpoint directories in `run_dir`, oldest first (by step number).
@@ -373,18 +385,25 @@ fn names(l: &[PathBuf]) -> String {
     l.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// A checkpoint file mapped into memory: read in place, never copied whole.
 struct Loaded {
-    bytes: Vec<u8>,
+    bytes: memmap2::Mmap,
 }
 
 impl Loaded {
     fn read(path: &Path) -> Result<Loaded> {
-        let bytes = fs::read(path).map_err(|e| {
+        let cannot = |e: std::io::Error| {
             Error::Checkpoint(format!(
                 "cannot read {}: {e}; the checkpoint is incomplete, use an earlier one",
                 path.display()
             ))
-        })?;
+        };
+        let f = fs::File::open(path).map_err(cannot)?;
+        // SAFETY: checkpoint files are never changed in place: they are
+        // written under a temporary name and renamed, and deleting one (a
+        // prune) leaves an existing mapping valid. A file truncated by hand
+        // while it is mapped could fault; that is outside what a run does.
+        let bytes = unsafe { memmap2::Mmap::map(&f) }.map_err(cannot)?;
         Ok(Loaded { bytes })
     }
 
@@ -400,11 +419,14 @@ impl Loaded {
         let meta = meta.metadata().clone().unwrap_or_default();
         let sum = match meta.get("format").map(String::as_str) {
             Some(FORMAT) => {
-                let mut tensors = Vec::new();
-                for (name, t) in st.tensors() {
-                    tensors.push((name, t.dtype(), t.shape().to_vec(), t.data()));
+                let mut names: Vec<&str> = st.names();
+                names.sort();
+                let mut sum = ChecksumV2::new(&meta, names.len());
+                for n in names {
+                    let t = st.tensor(n).map_err(|e| corrupt(e.to_string()))?;
+                    sum.tensor(n, t.dtype(), t.shape(), t.data());
                 }
-                checksum_v2(&meta, tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), *b)))
+                sum.0.hex()
             }
             Some(FORMAT_V1) => {
                 let mut names: Vec<&str> = st.names();
@@ -427,7 +449,8 @@ impl Loaded {
     }
 }
 
-fn read_tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize], path: &Path) -> Result<Vec<f32>> {
+/// Tensor `name` of `st` must exist with `shape` and dtype F32.
+fn check_tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize], path: &Path) -> Result<()> {
     let t = st.tensor(name).map_err(|_| {
         Error::Checkpoint(format!(
             "{} has no tensor `{name}`: the checkpoint was written for a different model (layers, MoE placement or experts differ)",
@@ -443,6 +466,12 @@ fn read_tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize], path: &Path) -
             shape
         )));
     }
+    Ok(())
+}
+
+fn read_tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize], path: &Path) -> Result<Vec<f32>> {
+    check_tensor(st, name, shape, path)?;
+    let t = st.tensor(name).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
     Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
@@ -497,14 +526,7 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
     let l = Loaded::read(&path)?;
     let (st, meta) = l.parse(&path)?;
     let stored = config_from_meta(&meta, &path)?;
-    let diffs = model_diffs(&stored, expect);
-    if !diffs.is_empty() {
-        return Err(Error::Checkpoint(format!(
-            "{} was trained with a different model config: {}; use the checkpoint's own config (switchyard reads it from the checkpoint when you pass no --config) or a matching one",
-            dir.display(),
-            diffs.join(", ")
-        )));
-    }
+    check_model(&stored, expect, dir)?;
     let step = step_from_meta(&meta, &path)?;
     let copies = if with_optimizer { 3 } else { 1 };
     let need = crate::memory::estimate(expect, crate::memory::Purpose::Weights)?;
@@ -520,23 +542,13 @@ pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpo
         let opath = dir.join("optimizer.safetensors");
         let ol = Loaded::read(&opath)?;
         let (ost, ometa) = ol.parse(&opath)?;
-        let ostep: u64 = ometa.get("step").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
-        if ostep != step {
-            return Err(Error::Checkpoint(format!(
-                "{} is at step {ostep} but model.safetensors is at step {step}: the checkpoint is inconsistent, use an earlier one",
-                opath.display()
-            )));
-        }
+        let rng = verify_optimizer(&ost, &ometa, step, &table.specs, &opath)?;
         let mut m = Vec::new();
         let mut v = Vec::new();
         for s in &table.specs {
             m.push(read_tensor(&ost, &format!("exp_avg.{}", s.name), &s.shape, &opath)?);
             v.push(read_tensor(&ost, &format!("exp_avg_sq.{}", s.name), &s.shape, &opath)?);
         }
-        let rng: RngState = ometa
-            .get("rng")
-            .and_then(|r| serde_json::from_str(r).ok())
-            .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `rng` metadata", opath.display())))?;
         (Some((m, v)), Some(rng))
     } else {
         (None, None)
@@ -568,6 +580,103 @@ pub fn model_diffs(stored: &Config, given: &Config) -> Vec<String> {
 /// such as top_k, the capacity factor or loss coefficients, may differ between runs).
 const ARCH_KEYS: &[&str] =
     &["vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "d_ff", "moe_every", "n_experts"];
+
+/// What a checkpoint holds besides its tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointInfo {
+    /// The directory it was read from.
+    pub dir: PathBuf,
+    /// Run configuration stored with it.
+    pub config: Config,
+    /// Completed optimizer steps.
+    pub step: u64,
+    /// RNG state (with the optimizer state).
+    pub rng: Option<RngState>,
+}
+
+/// Read checkpoint `dir` straight into `model` (and `opt`): each tensor is
+/// converted and uploaded in turn from the mapped file, so the host never
+/// holds a copy of the model. The same checks as [`load`] (checksums, the
+/// model config, every tensor's shape) come first: on any error, `model`
+/// and `opt` are untouched.
+pub fn restore_from<B: Backend>(
+    be: &B,
+    dir: &Path,
+    expect: &Config,
+    model: &mut Model<B>,
+    opt: Option<&mut Optimizer<B>>,
+) -> Result<CheckpointInfo> {
+    let path = dir.join("model.safetensors");
+    let l = Loaded::read(&path)?;
+    let (st, meta) = l.parse(&path)?;
+    let stored = config_from_meta(&meta, &path)?;
+    check_model(&stored, expect, dir)?;
+    let step = step_from_meta(&meta, &path)?;
+    let specs = &model.table.specs;
+    for s in specs {
+        check_tensor(&st, &s.name, &s.shape, &path)?;
+    }
+    let opath = dir.join("optimizer.safetensors");
+    let ol = opt.as_ref().map(|_| Loaded::read(&opath)).transpose()?;
+    let parsed = ol.as_ref().map(|ol| ol.parse(&opath)).transpose()?;
+    let rng = match &parsed {
+        Some((ost, ometa)) => Some(verify_optimizer(ost, ometa, step, specs, &opath)?),
+        None => None,
+    };
+    // Everything is checked: only now is anything overwritten.
+    for (s, buf) in specs.iter().zip(model.params.iter_mut()) {
+        be.upload(buf, &read_tensor(&st, &s.name, &s.shape, &path)?);
+    }
+    if let (Some(opt), Some((ost, _))) = (opt, &parsed) {
+        for (i, s) in specs.iter().enumerate() {
+            be.upload(&mut opt.m[i], &read_tensor(ost, &format!("exp_avg.{}", s.name), &s.shape, &opath)?);
+            be.upload(&mut opt.v[i], &read_tensor(ost, &format!("exp_avg_sq.{}", s.name), &s.shape, &opath)?);
+        }
+    }
+    Ok(CheckpointInfo { dir: dir.to_path_buf(), config: stored, step, rng })
+}
+
+/// Check an optimizer file against its checkpoint at `step`: the step, the
+/// RNG state and every moment tensor's shape. Returns the RNG state.
+fn verify_optimizer(
+    ost: &SafeTensors<'_>,
+    ometa: &HashMap<String, String>,
+    step: u64,
+    specs: &[crate::model::ParamSpec],
+    opath: &Path,
+) -> Result<RngState> {
+    let ostep: u64 = ometa.get("step").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+    if ostep != step {
+        return Err(Error::Checkpoint(format!(
+            "{} is at step {ostep} but model.safetensors is at step {step}: the checkpoint is inconsistent, use an earlier one",
+            opath.display()
+        )));
+    }
+    for s in specs {
+        check_tensor(ost, &format!("exp_avg.{}", s.name), &s.shape, opath)?;
+        check_tensor(ost, &format!("exp_avg_sq.{}", s.name), &s.shape, opath)?;
+    }
+    rng_from_meta(ometa, opath)
+}
+
+fn rng_from_meta(meta: &HashMap<String, String>, path: &Path) -> Result<RngState> {
+    meta.get("rng")
+        .and_then(|r| serde_json::from_str(r).ok())
+        .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `rng` metadata", path.display())))
+}
+
+/// Refuse a checkpoint whose model section differs from the config's.
+fn check_model(stored: &Config, expect: &Config, dir: &Path) -> Result<()> {
+    let diffs = model_diffs(stored, expect);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Checkpoint(format!(
+        "{} was trained with a different model config: {}; use the checkpoint's own config (switchyard reads it from the checkpoint when you pass no --config) or a matching one",
+        dir.display(),
+        diffs.join(", ")
+    )))
+}
 
 /// Copy checkpoint values into `model` (and `opt`).
 pub fn restore<B: Backend>(be: &B, ck: &Checkpoint, model: &mut Model<B>, opt: Option<&mut Optimizer<B>>) {

@@ -253,7 +253,7 @@ fn train_in_session<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Re
     let mut start = 0u64;
     let mut last_ckpt = None;
     if let Some(dir) = &resume_dir {
-        let ck = checkpoint::load(dir, cfg, true)?;
+        let ck = checkpoint::restore_from(be, dir, cfg, &mut model, Some(&mut opt))?;
         if let Some(rng) = &ck.rng {
             if rng.seed != cfg.train.seed {
                 return Err(Error::Checkpoint(format!(
@@ -264,7 +264,6 @@ fn train_in_session<B: Backend>(be: &B, cfg: &Config, opts: &TrainOptions) -> Re
                 )));
             }
         }
-        checkpoint::restore(be, &ck, &mut model, Some(&mut opt));
         start = ck.step;
         last_ckpt = Some(dir.clone());
     }

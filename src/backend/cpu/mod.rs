@@ -40,8 +40,15 @@ pub struct Cpu {
 impl Cpu {
     /// A backend with `threads` worker threads (0 = one per core).
     pub fn new(threads: usize) -> Result<Cpu> {
-        let threads =
-            if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = if threads == 0 { cores } else { threads };
+        // Each worker reserves a stack; past this, thread creation itself fails.
+        let most = 1024.max(cores);
+        if threads > most {
+            return Err(Error::Config(format!(
+                "--threads {threads}: at most {most} CPU threads (this machine has {cores} cores; 0 = one per core)"
+            )));
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
