@@ -12,6 +12,7 @@
 //! - [`infer`]: KV cache, batched generation, sampling.
 //! - [`sweep`]: experiment sweeps (axes -> points -> run directories -> results table).
 //! - [`plot`]: SVG/PNG plots of runs, sweeps and rooflines.
+//! - [`device`]: opening the backend a job runs on (`auto`, `cpu`, `cuda:N`).
 //! - [`memory`]: the memory a config needs, checked before allocating.
 //! - [`files`]: run-directory locks, atomic writes, cleanup of partial writes.
 //! - [`opbench`]: per-op throughput against measured ceilings (`switchyard bench --ops`).
@@ -19,6 +20,7 @@
 pub mod backend;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod files;
 pub mod infer;

@@ -5,33 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use switchyard::backend::cpu::Cpu;
-use switchyard::backend::cuda::{self, Cuda};
+use switchyard::backend::cuda;
 use switchyard::backend::Backend;
 use switchyard::config::{Config, PRESETS};
 use switchyard::data::Dataset;
+use switchyard::device::Device;
 use switchyard::model::Model;
+use switchyard::on_device;
 use switchyard::train::{self, checkpoint, TrainOptions};
-
-/// The backend a command runs on.
-enum Device {
-    Cpu(Cpu),
-    Cuda(Box<Cuda>),
-}
-
-/// Run `$body` with `$be` bound to the chosen backend (each arm is compiled
-/// for its own backend type: the model and trainer are generic).
-macro_rules! on_device {
-    ($dev:expr, |$be:ident| $body:expr) => {
-        match $dev {
-            Device::Cpu($be) => $body,
-            Device::Cuda(b) => {
-                let $be: &Cuda = b;
-                $body
-            }
-        }
-    };
-}
 
 /// switchyard: a Mixture-of-Experts research engine (Switch Transformer; CPU reference backend and CUDA kernels).
 #[derive(Parser)]
@@ -307,42 +288,14 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Open the device `--device` names. `auto` takes the GPU when it is there and
-/// can run `cfg` (else the CPU, with a one-line notice saying why); an explicit
-/// `cuda` that cannot start is an error naming the missing piece.
+/// Open the device `--device` names (see [`Device::open`]), printing the
+/// notice of an `auto` that falls back to the CPU.
 fn backend(d: &DeviceArgs, cfg: &Config) -> Result<Device> {
-    let cpu = || -> Result<Device> { Ok(Device::Cpu(Cpu::new(d.threads)?)) };
-    match d.device.as_str() {
-        "cpu" => cpu(),
-        "auto" => {
-            let why = match cuda::probe(0) {
-                Err(e) => e.to_string(),
-                Ok(()) => match Cuda::new(0) {
-                    Err(e) => e.to_string(),
-                    Ok(gpu) => match gpu.supports(cfg) {
-                        Ok(()) => return Ok(Device::Cuda(Box::new(gpu))),
-                        Err(e) => format!("the GPU cannot run this model: {e}"),
-                    },
-                },
-            };
-            let short = why.split(':').next().unwrap_or(&why).to_string();
-            eprintln!("device auto: using the CPU ({short}; --device cuda says more)");
-            cpu()
-        }
-        other => {
-            let ordinal = match other.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(n) => n
-                    .strip_prefix(':')
-                    .and_then(|n| n.parse().ok())
-                    .with_context(|| format!("--device {other}: expected cuda or cuda:N with N a device number"))?,
-                None => bail!("--device {other}: unknown device; use auto, cpu, cuda or cuda:N"),
-            };
-            let gpu = Cuda::new(ordinal).with_context(|| format!("--device {other}"))?;
-            gpu.supports(cfg).with_context(|| format!("--device {other}"))?;
-            Ok(Device::Cuda(Box::new(gpu)))
-        }
+    let opened = Device::open(&d.device, d.threads, cfg)?;
+    if let Some(notice) = &opened.notice {
+        eprintln!("{notice}");
     }
+    Ok(opened.device)
 }
 
 fn cmd_kernels(json: bool) -> Result<ExitCode> {
