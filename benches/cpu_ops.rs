@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchyard::backend::cpu::Cpu;
-use switchyard::backend::{AdamW, Backend, RouterParams, RouterStats};
+use switchyard::backend::{AdamW, Backend, RouterParams, RouterStats, Routing};
 use switchyard::model::{Model, Pass};
 use switchyard::train::optimizer::Optimizer;
 use switchyard::Config;
@@ -128,13 +128,9 @@ fn other_ops(c: &mut Criterion) {
         aux_coef: 0.01,
         z_coef: 0.001,
     };
-    let (mut p, mut ex, mut gate) = (vec![0.0; rows * e], vec![0; rows * 2], vec![0.0; rows * 2]);
-    let (mut row, mut ra, mut off, mut st) =
-        (vec![0; rows * 2], vec![0; rows * 2], vec![0; e + 1], vec![0.0; RouterStats::len(e)]);
+    let mut r = Routing::new(&be, rows, e, 2).unwrap();
     g.throughput(Throughput::Elements(rows as u64));
-    g.bench_function("router_fwd 2048 tokens E8 k2", |bench| {
-        bench.iter(|| be.router_fwd(&mut p, &mut ex, &mut gate, &mut row, &mut ra, &mut off, &mut st, &logits, &rp))
-    });
+    g.bench_function("router_fwd 2048 tokens E8 k2", |bench| bench.iter(|| be.router_fwd(&mut r, &logits, &rp)));
     g.finish();
 }
 
@@ -287,50 +283,34 @@ fn moe(c: &mut Criterion) {
         z_coef: 0.001,
     };
     let logits = values(N * e, 22);
-    let (mut probs, mut expert, mut gate) = (vec![0.0; N * e], vec![0; nk], vec![0.0; nk]);
-    let (mut row, mut row_assign, mut offsets) = (vec![0; nk], vec![0; nk], vec![0; e + 1]);
-    let mut stats = vec![0.0; RouterStats::len(e)];
-    be.router_fwd(
-        &mut probs,
-        &mut expert,
-        &mut gate,
-        &mut row,
-        &mut row_assign,
-        &mut offsets,
-        &mut stats,
-        &logits,
-        &rp,
-    );
+    let mut r = Routing::new(&be, N, e, k).unwrap();
+    be.router_fwd(&mut r, &logits, &rp);
     // Dropless: every assignment gets a row.
-    let rows = offsets[e] as usize;
+    let rows = r.offsets[e] as usize;
     assert_eq!(rows, nk);
 
     let dgate = values(nk, 23);
     let mut dlogits = vec![0.0; N * e];
     g.throughput(bytes(3 * N * e + 2 * nk + RouterStats::len(e)));
     g.bench_function("router_bwd 2048 tokens E8 k2", |bench| {
-        bench.iter(|| be.router_bwd(&mut dlogits, &dgate, &logits, &probs, &expert, &stats, &rp, 1.0))
+        bench.iter(|| be.router_bwd(&mut dlogits, &dgate, &logits, &r, &rp, 1.0))
     });
 
     let x = values(N * D, 24);
     let (mut xe, dxe, mut dx) = (vec![0.0; nk * D], values(nk * D, 25), vec![0.0; N * D]);
     g.throughput(bytes(rows * D + N * D + rows));
-    g.bench_function("dispatch_fwd 2048 -> 4096 rows d128", |bench| {
-        bench.iter(|| be.dispatch_fwd(&mut xe, &x, &row_assign, rows, k, D))
-    });
+    g.bench_function("dispatch_fwd 2048 -> 4096 rows d128", |bench| bench.iter(|| be.dispatch_fwd(&mut xe, &x, &r, D)));
     g.throughput(bytes(2 * N * D + rows * D + nk));
     g.bench_function("dispatch_bwd 4096 -> 2048 rows d128", |bench| {
-        bench.iter(|| be.dispatch_bwd(&mut dx, &dxe, &row, N, k, D))
+        bench.iter(|| be.dispatch_bwd(&mut dx, &dxe, &r, D))
     });
     let (ye, dout) = (values(nk * D, 26), values(N * D, 27));
     let (mut out, mut dye, mut dgate_out) = (vec![0.0; N * D], vec![0.0; nk * D], vec![0.0; nk]);
     g.throughput(bytes(N * D + rows * D + 2 * nk));
-    g.bench_function("combine_fwd 4096 -> 2048 rows d128", |bench| {
-        bench.iter(|| be.combine_fwd(&mut out, &ye, &row, &gate, N, k, D))
-    });
+    g.bench_function("combine_fwd 4096 -> 2048 rows d128", |bench| bench.iter(|| be.combine_fwd(&mut out, &ye, &r, D)));
     g.throughput(bytes(2 * rows * D + N * D + 3 * nk + rows));
     g.bench_function("combine_bwd 2048 -> 4096 rows d128", |bench| {
-        bench.iter(|| be.combine_bwd(&mut dye, &mut dgate_out, &dout, &ye, &row, &row_assign, &gate, rows, N, k, D))
+        bench.iter(|| be.combine_bwd(&mut dye, &mut dgate_out, &dout, &ye, &r, D))
     });
 
     let (w, b, dy) = (values(e * D * F, 28), values(e * F, 29), values(nk * F, 30));
@@ -338,12 +318,12 @@ fn moe(c: &mut Criterion) {
         (vec![0.0; nk * F], vec![0.0; nk * D], vec![0.0; e * D * F], vec![0.0; e * F]);
     g.throughput(Throughput::Elements((2 * rows * D * F) as u64));
     g.bench_function("grouped_matmul 4096 rows E8 128x512", |bench| {
-        bench.iter(|| be.grouped_matmul(&mut y, &xe, &w, &b, &offsets, e, D, F))
+        bench.iter(|| be.grouped_matmul(&mut y, &xe, &w, &b, &r.offsets, e, D, F))
     });
     // dx = dy w^T and dw += x^T dy: two matmuls of the forward's size.
     g.throughput(Throughput::Elements((4 * rows * D * F) as u64));
     g.bench_function("grouped_matmul_bwd 4096 rows E8 128x512", |bench| {
-        bench.iter(|| be.grouped_matmul_bwd(&mut dxg, &mut dw, &mut db, &dy, &xe, &w, &offsets, e, D, F))
+        bench.iter(|| be.grouped_matmul_bwd(&mut dxg, &mut dw, &mut db, &dy, &xe, &w, &r.offsets, e, D, F))
     });
     g.finish();
 }

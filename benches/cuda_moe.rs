@@ -23,8 +23,8 @@
 use std::time::Duration;
 
 use criterion::Criterion;
-use switchyard::backend::cuda::{self, Cuda, CudaBuf, CudaIBuf};
-use switchyard::backend::{Backend, RouterParams, RouterStats};
+use switchyard::backend::cuda::{self, Cuda, CudaBuf};
+use switchyard::backend::{Backend, RouterParams, RouterStats, Routing};
 use switchyard::config::capacity;
 
 /// Sizes of one run: tokens, d_model, d_ff.
@@ -81,13 +81,7 @@ struct Layer {
     x: CudaBuf,
     wr: CudaBuf,
     logits: CudaBuf,
-    probs: CudaBuf,
-    expert: CudaIBuf,
-    gate: CudaBuf,
-    row: CudaIBuf,
-    row_assign: CudaIBuf,
-    offsets: CudaIBuf,
-    stats: CudaBuf,
+    r: Routing<Cuda>,
     xe: CudaBuf,
     he: CudaBuf,
     ae: CudaBuf,
@@ -128,7 +122,6 @@ impl Layer {
         let (e, k) = (c.e, c.k);
         let rows = n * k;
         let a = |len: usize| g.alloc(len, "bench buffer").unwrap();
-        let ai = |len: usize| g.alloc_i(len, "bench buffer").unwrap();
         let rp = RouterParams {
             n_tokens: n,
             n_experts: e,
@@ -154,13 +147,7 @@ impl Layer {
             x: filled(g, n * d, 1, 1.0),
             wr: filled(g, d * e, 2, 0.05),
             logits: a(n * e),
-            probs: a(n * e),
-            expert: ai(rows),
-            gate: a(rows),
-            row: ai(rows),
-            row_assign: ai(rows),
-            offsets: ai(e + 1),
-            stats: a(RouterStats::len(e)),
+            r: Routing::new(g, n, e, k).unwrap(),
             xe: a(rows * d),
             he: a(rows * f),
             ae: a(rows * f),
@@ -180,64 +167,32 @@ impl Layer {
 
     fn run(&mut self, g: &Cuda, p: Phase) {
         let Sizes { n, d, f } = self.s;
-        let (e, k) = (self.c.e, self.c.k);
-        let rows = n * k;
+        let e = self.c.e;
         let [w1, b1, w2, b2] = &self.w;
         let [gw1, gb1, gw2, gb2, gwr] = &mut self.gw;
         match p {
             Phase::RouterFwd => {
                 g.matmul_fp32(&mut self.logits, &self.x, &self.wr, n, d, e, false, false, false);
-                g.router_fwd(
-                    &mut self.probs,
-                    &mut self.expert,
-                    &mut self.gate,
-                    &mut self.row,
-                    &mut self.row_assign,
-                    &mut self.offsets,
-                    &mut self.stats,
-                    &self.logits,
-                    &self.rp,
-                );
+                g.router_fwd(&mut self.r, &self.logits, &self.rp);
             }
-            Phase::DispatchFwd => g.dispatch_fwd(&mut self.xe, &self.x, &self.row_assign, rows, k, d),
+            Phase::DispatchFwd => g.dispatch_fwd(&mut self.xe, &self.x, &self.r, d),
             Phase::ExpertFwd => {
-                g.grouped_matmul_gelu(&mut self.he, &mut self.ae, &self.xe, w1, b1, &self.offsets, e, d, f);
-                g.grouped_matmul(&mut self.ye, &self.ae, w2, b2, &self.offsets, e, f, d);
+                g.grouped_matmul_gelu(&mut self.he, &mut self.ae, &self.xe, w1, b1, &self.r.offsets, e, d, f);
+                g.grouped_matmul(&mut self.ye, &self.ae, w2, b2, &self.r.offsets, e, f, d);
             }
-            Phase::CombineFwd => g.combine_fwd(&mut self.out, &self.ye, &self.row, &self.gate, n, k, d),
-            Phase::CombineBwd => g.combine_bwd(
-                &mut self.dye,
-                &mut self.dgate,
-                &self.dout,
-                &self.ye,
-                &self.row,
-                &self.row_assign,
-                &self.gate,
-                rows,
-                n,
-                k,
-                d,
-            ),
+            Phase::CombineFwd => g.combine_fwd(&mut self.out, &self.ye, &self.r, d),
+            Phase::CombineBwd => g.combine_bwd(&mut self.dye, &mut self.dgate, &self.dout, &self.ye, &self.r, d),
             Phase::ExpertBwd => {
-                let (dy, act, pre) = (&self.dye, &self.ae, &self.he);
-                g.grouped_matmul_bwd_gelu(&mut self.dhe, gw2, gb2, dy, act, w2, pre, &self.offsets, e, f, d);
-                g.grouped_matmul_bwd(&mut self.dxe, gw1, gb1, &self.dhe, &self.xe, w1, &self.offsets, e, d, f);
+                let (dy, act, pre, off) = (&self.dye, &self.ae, &self.he, &self.r.offsets);
+                g.grouped_matmul_bwd_gelu(&mut self.dhe, gw2, gb2, dy, act, w2, pre, off, e, f, d);
+                g.grouped_matmul_bwd(&mut self.dxe, gw1, gb1, &self.dhe, &self.xe, w1, off, e, d, f);
             }
             Phase::DispatchBwd => {
                 g.zero(&mut self.dx);
-                g.dispatch_bwd(&mut self.dx, &self.dxe, &self.row, n, k, d);
+                g.dispatch_bwd(&mut self.dx, &self.dxe, &self.r, d);
             }
             Phase::RouterBwd => {
-                g.router_bwd(
-                    &mut self.dlogits,
-                    &self.dgate,
-                    &self.logits,
-                    &self.probs,
-                    &self.expert,
-                    &self.stats,
-                    &self.rp,
-                    1.0,
-                );
+                g.router_bwd(&mut self.dlogits, &self.dgate, &self.logits, &self.r, &self.rp, 1.0);
                 g.matmul_fp32(gwr, &self.x, &self.dlogits, d, n, e, true, false, true);
                 g.matmul_fp32(&mut self.dx, &self.dlogits, &self.wr, n, e, d, false, true, true);
             }
@@ -344,8 +299,8 @@ fn main() {
         let mut l = Layer::new(&g, sizes, c);
         l.layer(&g);
         g.check().expect("no CUDA errors in the layer");
-        let kept = g.download_i(&l.offsets)[c.e] as usize;
-        let stats = g.download(&l.stats);
+        let kept = g.download_i(&l.r.offsets)[c.e] as usize;
+        let stats = g.download(&l.r.stats);
         let dropped = stats[RouterStats::dropped(c.e)] as f64 / (sizes.n * c.k) as f64;
         let ms: Vec<(Phase, f64)> = PHASES.iter().map(|&p| (p, time(&g, repeats, || l.run(&g, p)))).collect();
         let sum = |ps: &[Phase]| ms.iter().filter(|(p, _)| ps.contains(p)).map(|(_, t)| t).sum::<f64>();

@@ -241,12 +241,14 @@ fn inference_work_elems(cfg: &Config, s: &Shapes, n: u64) -> Result<u64> {
         0
     };
     // tokens, positions, slots, lens, mean, rstd [n]; x, ln, att, y, mid
-    // [n, d]; qkv [n, 3d]; lse [n, H]; pre, act [n, d_ff]; logits [n, V].
+    // [n, d]; qkv [n, 3d]; lse [n, H]; pre, act [n, d_ff] (a dense layer);
+    // logits [n, V].
+    let dense = if s.dense_layers > 0 { product(&[("2", 2), ("rows x d_ff", nf)])? } else { 0 };
     sum(&[
         product(&[("6", 6), ("rows", n)])?,
         product(&[("8", 8), ("rows x d", nd)])?,
         product(&[("rows", n), ("model.n_head", h)])?,
-        product(&[("2", 2), ("rows x d_ff", nf)])?,
+        dense,
         moe,
         product(&[("rows", n), ("model.vocab_size", v)])?,
     ])

@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{AdamW, Backend, RouterParams, RouterStats};
+use crate::backend::{AdamW, Backend, RouterParams, RouterStats, Routing};
 use crate::{Error, Result};
 
 /// Untimed calls before the timed ones (first-touch faults, lazy kernel
@@ -720,8 +720,8 @@ fn moe<B: Backend>(t: &mut Table<B>, s: &Shapes) -> Result<()> {
     };
     let mut rng = Rng::new(10);
     let logits = filled(be, n * e, "router logits", || rng.normal())?;
-    let mut r = Routing::alloc(be, n, e, k)?;
-    r.forward(be, &logits, &rp);
+    let mut r = Routing::new(be, n, e, k)?;
+    be.router_fwd(&mut r, &logits, &rp);
     if let Err(err) = be.check() {
         t.skip_all(OPS, &err);
         return Ok(());
@@ -731,12 +731,12 @@ fn moe<B: Backend>(t: &mut Table<B>, s: &Shapes) -> Result<()> {
     let n_stats = RouterStats::len(e);
     let routing = format!("{n} tokens E {e} top-{k}");
     t.measure("router_fwd", routing.clone(), Cost::memory(2 * n * e + 4 * nk + e + 1 + n_stats), || {
-        r.forward(be, &logits, &rp)
+        be.router_fwd(&mut r, &logits, &rp)
     });
     let dgate = filled(be, nk, "dgate", || 0.01 * rng.normal())?;
     let mut dlogits = be.alloc(n * e, "dlogits")?;
     t.measure("router_bwd", routing, Cost::memory(3 * n * e + 2 * nk + n_stats), || {
-        be.router_bwd(&mut dlogits, &dgate, &logits, &r.probs, &r.expert, &r.stats, &rp, 1.0)
+        be.router_bwd(&mut dlogits, &dgate, &logits, &r, &rp, 1.0)
     });
 
     let x = filled(be, n * d, "x", || rng.normal())?;
@@ -745,22 +745,22 @@ fn moe<B: Backend>(t: &mut Table<B>, s: &Shapes) -> Result<()> {
     let mut dx = be.alloc(n * d, "dx")?;
     let moved = format!("{n} tokens <-> {rows} rows, d {d}");
     t.measure("dispatch_fwd", moved.clone(), Cost::memory(rows * d + n * d + rows), || {
-        be.dispatch_fwd(&mut xe, &x, &r.row_assign, rows, k, d)
+        be.dispatch_fwd(&mut xe, &x, &r, d)
     });
     // Real dispatched rows for the grouped matmuls, whatever was selected.
-    be.dispatch_fwd(&mut xe, &x, &r.row_assign, rows, k, d);
+    be.dispatch_fwd(&mut xe, &x, &r, d);
     t.measure("dispatch_bwd", moved.clone(), Cost::memory(2 * n * d + rows * d + nk), || {
-        be.dispatch_bwd(&mut dx, &dxe, &r.row, n, k, d)
+        be.dispatch_bwd(&mut dx, &dxe, &r, d)
     });
     let ye = filled(be, nk * d, "ye", || rng.normal())?;
     let dout = filled(be, n * d, "dout", || 0.01 * rng.normal())?;
     let mut out = be.alloc(n * d, "out")?;
     let (mut dye, mut dgate_out) = (be.alloc(nk * d, "dye")?, be.alloc(nk, "dgate")?);
     t.measure("combine_fwd", moved.clone(), Cost::memory(n * d + rows * d + 2 * nk), || {
-        be.combine_fwd(&mut out, &ye, &r.row, &r.gate, n, k, d)
+        be.combine_fwd(&mut out, &ye, &r, d)
     });
     t.measure("combine_bwd", moved, Cost::memory(2 * rows * d + n * d + 3 * nk + rows), || {
-        be.combine_bwd(&mut dye, &mut dgate_out, &dout, &ye, &r.row, &r.row_assign, &r.gate, rows, n, k, d)
+        be.combine_bwd(&mut dye, &mut dgate_out, &dout, &ye, &r, d)
     });
 
     let w = filled(be, e * d * f, "expert w", || 0.02 * rng.normal())?;
@@ -783,36 +783,6 @@ fn moe<B: Backend>(t: &mut Table<B>, s: &Shapes) -> Result<()> {
         || be.grouped_matmul_bwd(&mut dxg, &mut dw, &mut db, &dy, &xe, &w, &r.offsets, e, d, f),
     );
     Ok(())
-}
-
-/// The outputs of one `router_fwd` call (shapes in [`Backend::router_fwd`]).
-struct Routing<B: Backend> {
-    probs: B::Buf,
-    expert: B::IBuf,
-    gate: B::Buf,
-    row: B::IBuf,
-    row_assign: B::IBuf,
-    offsets: B::IBuf,
-    stats: B::Buf,
-}
-
-impl<B: Backend> Routing<B> {
-    fn alloc(be: &B, n: usize, e: usize, k: usize) -> Result<Routing<B>> {
-        Ok(Routing {
-            probs: be.alloc(n * e, "probs")?,
-            expert: be.alloc_i(n * k, "expert")?,
-            gate: be.alloc(n * k, "gate")?,
-            row: be.alloc_i(n * k, "row")?,
-            row_assign: be.alloc_i(n * k, "row_assign")?,
-            offsets: be.alloc_i(e + 1, "offsets")?,
-            stats: be.alloc(RouterStats::len(e), "router stats")?,
-        })
-    }
-
-    fn forward(&mut self, be: &B, logits: &B::Buf, rp: &RouterParams) {
-        let Routing { probs, expert, gate, row, row_assign, offsets, stats } = self;
-        be.router_fwd(probs, expert, gate, row, row_assign, offsets, stats, logits, rp);
-    }
 }
 
 /// A buffer of `n` values drawn from `gen`.

@@ -24,7 +24,7 @@ use common::gpu::{assert_bits, assert_close, bf16_copy, bf16_round, gpu, poisone
 use rand::Rng;
 use switchyard::backend::cpu::{activation::gelu, router::jitter_mult, Cpu};
 use switchyard::backend::cuda::{self, Cuda};
-use switchyard::backend::{Backend, RouterParams, RouterStats};
+use switchyard::backend::{Backend, RouterParams, RouterStats, Routing};
 use switchyard::config::capacity;
 use switchyard::Config;
 
@@ -86,40 +86,43 @@ fn router_params((n, e, k, cf, normalize, _): Case) -> RouterParams {
     }
 }
 
-/// The CPU routing of `z`: probs, expert, gate, row, row_assign, offsets, stats.
-struct Routing {
-    probs: Vec<f32>,
-    expert: Vec<i32>,
-    gate: Vec<f32>,
-    row: Vec<i32>,
-    row_assign: Vec<i32>,
-    offsets: Vec<i32>,
-    stats: Vec<f32>,
+/// The CPU routing of `z`.
+fn cpu_routing(c: &Cpu, z: &[f32], rp: &RouterParams) -> Routing<Cpu> {
+    let mut r = Routing::new(c, rp.n_tokens, rp.n_experts, rp.top_k).unwrap();
+    c.router_fwd(&mut r, &z.to_vec(), rp);
+    r
 }
 
-fn cpu_routing(c: &Cpu, z: &[f32], rp: &RouterParams) -> Routing {
-    let (n, e, k) = (rp.n_tokens, rp.n_experts, rp.top_k);
-    let mut r = Routing {
-        probs: vec![0.0; n * e],
-        expert: vec![0; n * k],
-        gate: vec![0.0; n * k],
-        row: vec![0; n * k],
-        row_assign: vec![0; n * k],
-        offsets: vec![0; e + 1],
-        stats: vec![0.0; RouterStats::len(e)],
-    };
-    c.router_fwd(
-        &mut r.probs,
-        &mut r.expert,
-        &mut r.gate,
-        &mut r.row,
-        &mut r.row_assign,
-        &mut r.offsets,
-        &mut r.stats,
-        &z.to_vec(),
-        rp,
-    );
-    r
+/// A CPU routing on the GPU, field by field.
+fn upload(g: &Cuda, r: &Routing<Cpu>) -> Routing<Cuda> {
+    Routing {
+        n: r.n,
+        e: r.e,
+        k: r.k,
+        probs: up(g, &r.probs),
+        expert: up_i(g, &r.expert),
+        gate: up(g, &r.gate),
+        row: up_i(g, &r.row),
+        row_assign: up_i(g, &r.row_assign),
+        offsets: up_i(g, &r.offsets),
+        stats: up(g, &r.stats),
+    }
+}
+
+/// GPU routing buffers filled with NaN (-1 for indices): every element must be written.
+fn poisoned_routing(g: &Cuda, n: usize, e: usize, k: usize) -> Routing<Cuda> {
+    Routing {
+        n,
+        e,
+        k,
+        probs: poisoned(g, n * e),
+        expert: poisoned_i(g, n * k),
+        gate: poisoned(g, n * k),
+        row: poisoned_i(g, n * k),
+        row_assign: poisoned_i(g, n * k),
+        offsets: poisoned_i(g, e + 1),
+        stats: poisoned(g, RouterStats::len(e)),
+    }
 }
 
 #[test]
@@ -131,30 +134,17 @@ fn routing_matches_the_cpu_exactly() {
         let rp = router_params(case);
         let z = logits(&mut r, n, e, case.5);
         let want = cpu_routing(&c, &z, &rp);
-        let (mut probs, mut gate, mut stats) =
-            (poisoned(&g, n * e), poisoned(&g, n * k), poisoned(&g, RouterStats::len(e)));
-        let (mut expert, mut row) = (poisoned_i(&g, n * k), poisoned_i(&g, n * k));
-        let (mut row_assign, mut offsets) = (poisoned_i(&g, n * k), poisoned_i(&g, e + 1));
-        g.router_fwd(
-            &mut probs,
-            &mut expert,
-            &mut gate,
-            &mut row,
-            &mut row_assign,
-            &mut offsets,
-            &mut stats,
-            &up(&g, &z),
-            &rp,
-        );
+        let mut got = poisoned_routing(&g, n, e, k);
+        g.router_fwd(&mut got, &up(&g, &z), &rp);
         g.check().unwrap();
         let what = format!("{case:?} (capacity {})", rp.capacity);
-        assert_eq!(g.download_i(&expert), want.expert, "experts {what}");
-        assert_eq!(g.download_i(&offsets), want.offsets, "offsets {what}");
-        assert_eq!(g.download_i(&row), want.row, "rows (slots and the dropped set) {what}");
-        assert_eq!(g.download_i(&row_assign), want.row_assign, "row_assign {what}");
-        assert_close(&format!("probs {what}"), &g.download(&probs), &want.probs, 1e-5);
-        assert_close(&format!("gates {what}"), &g.download(&gate), &want.gate, 1e-5);
-        let s = g.download(&stats);
+        assert_eq!(g.download_i(&got.expert), want.expert, "experts {what}");
+        assert_eq!(g.download_i(&got.offsets), want.offsets, "offsets {what}");
+        assert_eq!(g.download_i(&got.row), want.row, "rows (slots and the dropped set) {what}");
+        assert_eq!(g.download_i(&got.row_assign), want.row_assign, "row_assign {what}");
+        assert_close(&format!("probs {what}"), &g.download(&got.probs), &want.probs, 1e-5);
+        assert_close(&format!("gates {what}"), &g.download(&got.gate), &want.gate, 1e-5);
+        let s = g.download(&got.stats);
         let counts = |v: &[f32]| {
             [v[RouterStats::assigned(e)..RouterStats::kept(e) + e].to_vec(), vec![v[RouterStats::dropped(e)]]].concat()
         };
@@ -200,10 +190,9 @@ fn router_backward_matches_the_cpu() {
             common::normal(&mut r, n * k).iter().zip(&rt.row).map(|(&d, &row)| if row < 0 { 0.0 } else { d }).collect();
         let dloss = 0.5;
         let mut want = vec![0.0; n * e];
-        c.router_bwd(&mut want, &dgate, &z, &rt.probs, &rt.expert, &rt.stats, &rp, dloss);
+        c.router_bwd(&mut want, &dgate, &z, &rt, &rp, dloss);
         let mut got = poisoned(&g, n * e);
-        let (gz, gp, ge, gs) = (up(&g, &z), up(&g, &rt.probs), up_i(&g, &rt.expert), up(&g, &rt.stats));
-        g.router_bwd(&mut got, &up(&g, &dgate), &gz, &gp, &ge, &gs, &rp, dloss);
+        g.router_bwd(&mut got, &up(&g, &dgate), &up(&g, &z), &upload(&g, &rt), &rp, dloss);
         g.check().unwrap();
         assert_close(&format!("dlogits {case:?}"), &g.download(&got), &want, 1e-5);
     }
@@ -242,39 +231,39 @@ fn dispatch_and_combine_match_the_cpu() {
     let rp = router_params(case);
     let rt = cpu_routing(&c, &logits(&mut r, n, e, case.5), &rp);
     let rows = n * k;
-    let (grow, gra, ggate) = (up_i(&g, &rt.row), up_i(&g, &rt.row_assign), up(&g, &rt.gate));
+    let grt = upload(&g, &rt);
     let used = rt.offsets[e] as usize;
     assert!(used < rows, "the case must drop assignments");
     for d in [1, 7, 64, 768] {
         let x = common::normal(&mut r, n * d);
         let mut xe = vec![f32::NAN; rows * d];
-        c.dispatch_fwd(&mut xe, &x, &rt.row_assign, rows, k, d);
+        c.dispatch_fwd(&mut xe, &x, &rt, d);
         let mut gxe = poisoned(&g, rows * d);
-        g.dispatch_fwd(&mut gxe, &up(&g, &x), &gra, rows, k, d);
+        g.dispatch_fwd(&mut gxe, &up(&g, &x), &grt, d);
         assert_bits(&format!("dispatch_fwd d={d}"), &g.download(&gxe), &xe);
         let what = format!("dispatch_fwd bf16 copy d={d}");
         assert_bits(&what, &bf16_copy(&g, &gxe, used * d, &what), &bf16_round(&xe[..used * d]));
 
         let (dxe, dx0) = (common::normal(&mut r, rows * d), common::normal(&mut r, n * d));
         let mut dx = dx0.clone();
-        c.dispatch_bwd(&mut dx, &dxe, &rt.row, n, k, d);
+        c.dispatch_bwd(&mut dx, &dxe, &rt, d);
         let mut gdx = up(&g, &dx0);
-        g.dispatch_bwd(&mut gdx, &up(&g, &dxe), &grow, n, k, d);
+        g.dispatch_bwd(&mut gdx, &up(&g, &dxe), &grt, d);
         assert_bits(&format!("dispatch_bwd d={d}"), &g.download(&gdx), &dx);
 
         let ye = common::normal(&mut r, rows * d);
         let mut out = vec![0.0; n * d];
-        c.combine_fwd(&mut out, &ye, &rt.row, &rt.gate, n, k, d);
+        c.combine_fwd(&mut out, &ye, &rt, d);
         let gye = up(&g, &ye);
         let mut gout = poisoned(&g, n * d);
-        g.combine_fwd(&mut gout, &gye, &grow, &ggate, n, k, d);
+        g.combine_fwd(&mut gout, &gye, &grt, d);
         assert_bits(&format!("combine_fwd d={d}"), &g.download(&gout), &out);
 
         let dout = common::normal(&mut r, n * d);
         let (mut dye, mut dgate) = (vec![f32::NAN; rows * d], vec![0.0; rows]);
-        c.combine_bwd(&mut dye, &mut dgate, &dout, &ye, &rt.row, &rt.row_assign, &rt.gate, rows, n, k, d);
+        c.combine_bwd(&mut dye, &mut dgate, &dout, &ye, &rt, d);
         let (mut gdye, mut gdgate) = (poisoned(&g, rows * d), poisoned(&g, rows));
-        g.combine_bwd(&mut gdye, &mut gdgate, &up(&g, &dout), &gye, &grow, &gra, &ggate, rows, n, k, d);
+        g.combine_bwd(&mut gdye, &mut gdgate, &up(&g, &dout), &gye, &grt, d);
         assert_bits(&format!("combine_bwd dye d={d}"), &g.download(&gdye), &dye);
         let got_dgate = g.download(&gdgate);
         assert_close(&format!("combine_bwd dgate d={d}"), &got_dgate, &dgate, 1e-5);
@@ -451,21 +440,8 @@ fn moe_kernels_refuse_what_they_do_not_support() {
         aux_coef: 0.0,
         z_coef: 0.0,
     };
-    let (mut pr, mut ga, mut st) =
-        (poisoned(&fresh, 8000), poisoned(&fresh, 4), poisoned(&fresh, RouterStats::len(2000)));
-    let (mut ex, mut row, mut ra, mut off) =
-        (poisoned_i(&fresh, 4), poisoned_i(&fresh, 4), poisoned_i(&fresh, 4), poisoned_i(&fresh, 2001));
-    fresh.router_fwd(
-        &mut pr,
-        &mut ex,
-        &mut ga,
-        &mut row,
-        &mut ra,
-        &mut off,
-        &mut st,
-        &up(&fresh, &vec![0.0; 8000]),
-        &rp,
-    );
+    let mut rt = poisoned_routing(&fresh, 4, 2000, 1);
+    fresh.router_fwd(&mut rt, &up(&fresh, &vec![0.0; 8000]), &rp);
     let e = fresh.check().unwrap_err().to_string();
     assert!(e.contains("2000 experts"), "{e}");
 }

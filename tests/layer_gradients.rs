@@ -20,7 +20,7 @@ mod common;
 
 use common::{normal, rel_err, rng, uniform};
 use switchyard::backend::cpu::Cpu;
-use switchyard::backend::{Backend, RouterParams};
+use switchyard::backend::{Backend, RouterParams, RouterStats, Routing};
 
 const H: f32 = 1e-2;
 const TOL: f64 = 1e-2;
@@ -213,23 +213,18 @@ fn router_case(k: usize, normalize: bool, seed: u64) {
     }
     let wgt = normal(&mut r, n * k);
     let run = |z: &[f32]| {
-        let (mut p, mut ex, mut g) = (vec![0.0; n * e], vec![0; n * k], vec![0.0; n * k]);
-        let (mut row, mut ra, mut off) = (vec![0; n * k], vec![0; n * k], vec![0; e + 1]);
-        let mut st = vec![0.0; switchyard::backend::RouterStats::len(e)];
-        be.router_fwd(&mut p, &mut ex, &mut g, &mut row, &mut ra, &mut off, &mut st, &z.to_vec(), &rp);
-        (p, ex, g, st)
+        let mut r = Routing::new(&be, n, e, k).unwrap();
+        be.router_fwd(&mut r, &z.to_vec(), &rp);
+        r
     };
-    let (p, ex, _, st) = run(&logits);
+    let r0 = run(&logits);
     let mut dz = vec![f32::NAN; n * e];
-    be.router_bwd(&mut dz, &wgt, &logits, &p, &ex, &st, &rp, 1.0);
-    let ex0 = ex.clone();
+    be.router_bwd(&mut dz, &wgt, &logits, &r0, &rp, 1.0);
     check(&format!("router dlogits (k={k}, normalize={normalize})"), &mut logits, &dz, |z| {
-        let (_, ex, g, st) = run(z);
-        assert_eq!(ex, ex0, "top-k changed under the FD step");
-        let e_ = e;
-        dot(&g, &wgt)
-            + st[switchyard::backend::RouterStats::aux(e_)] as f64
-            + st[switchyard::backend::RouterStats::z(e_)] as f64
+        let r = run(z);
+        assert_eq!(r.expert, r0.expert, "top-k changed under the FD step");
+        let st = &r.stats;
+        dot(&r.gate, &wgt) + st[RouterStats::aux(e)] as f64 + st[RouterStats::z(e)] as f64
     });
 }
 
@@ -267,26 +262,39 @@ fn dispatch_and_combine() {
     let mut gate = uniform(&mut r, n * k, 1.0);
     let dout = normal(&mut r, n * d);
     let dxe_w = normal(&mut r, rows * d);
+    // The routing with these rows and gates (dispatch and combine read no other field).
+    let routing = |gate: &[f32]| Routing::<Cpu> {
+        n,
+        e: 1,
+        k,
+        probs: Vec::new(),
+        expert: Vec::new(),
+        gate: gate.to_vec(),
+        row: row.clone(),
+        row_assign: row_assign.clone(),
+        offsets: Vec::new(),
+        stats: Vec::new(),
+    };
     // combine
     let comb = |ye: &[f32], gate: &[f32]| {
         let mut o = vec![f32::NAN; n * d];
-        be.combine_fwd(&mut o, &ye.to_vec(), &row, &gate.to_vec(), n, k, d);
+        be.combine_fwd(&mut o, &ye.to_vec(), &routing(gate), d);
         o
     };
     let (mut dye, mut dg) = (vec![0.0; rows * d], vec![f32::NAN; n * k]);
-    be.combine_bwd(&mut dye, &mut dg, &dout, &ye, &row, &row_assign, &gate, rows, n, k, d);
+    be.combine_bwd(&mut dye, &mut dg, &dout, &ye, &routing(&gate), d);
     let g0 = gate.clone();
     check("combine dye", &mut ye, &dye, |y| dot(&comb(y, &g0), &dout));
     check("combine dgate", &mut gate, &dg, |g| dot(&comb(&ye, g), &dout));
     // dispatch: only rows with an assignment are defined outputs.
     let disp = |x: &[f32]| {
         let mut xe = vec![0.0; rows * d];
-        be.dispatch_fwd(&mut xe, &x.to_vec(), &row_assign, rows, k, d);
+        be.dispatch_fwd(&mut xe, &x.to_vec(), &routing(&gate), d);
         xe
     };
     let mut dx = vec![0.0; n * d];
     let masked: Vec<f32> = (0..rows * d).map(|i| if row_assign[i / d] >= 0 { dxe_w[i] } else { 0.0 }).collect();
-    be.dispatch_bwd(&mut dx, &masked, &row, n, k, d);
+    be.dispatch_bwd(&mut dx, &masked, &routing(&gate), d);
     check("dispatch dx", &mut x, &dx, |x| dot(&disp(x), &masked));
 }
 

@@ -9,23 +9,19 @@ mod common;
 
 use common::{rng, uniform};
 use switchyard::backend::cpu::Cpu;
-use switchyard::backend::{Backend, RouterParams, RouterStats};
+use switchyard::backend::{Backend, RouterParams, RouterStats, Routing};
 use switchyard::config::capacity;
 
-struct Routed {
-    probs: Vec<f32>,
-    expert: Vec<i32>,
-    gate: Vec<f32>,
-    row: Vec<i32>,
-    row_assign: Vec<i32>,
-    offsets: Vec<i32>,
-    stats: Vec<f32>,
-}
+type Routed = Routing<Cpu>;
 
 fn route(logits: &[f32], rp: &RouterParams) -> Routed {
     let be = Cpu::new(2).unwrap();
     let (n, e, k) = (rp.n_tokens, rp.n_experts, rp.top_k);
-    let mut r = Routed {
+    // Poisoned: every element must be written.
+    let mut r = Routing {
+        n,
+        e,
+        k,
         probs: vec![f32::NAN; n * e],
         expert: vec![-7; n * k],
         gate: vec![f32::NAN; n * k],
@@ -34,17 +30,7 @@ fn route(logits: &[f32], rp: &RouterParams) -> Routed {
         offsets: vec![-7; e + 1],
         stats: vec![f32::NAN; RouterStats::len(e)],
     };
-    be.router_fwd(
-        &mut r.probs,
-        &mut r.expert,
-        &mut r.gate,
-        &mut r.row,
-        &mut r.row_assign,
-        &mut r.offsets,
-        &mut r.stats,
-        &logits.to_vec(),
-        rp,
-    );
+    be.router_fwd(&mut r, &logits.to_vec(), rp);
     r
 }
 
@@ -230,9 +216,9 @@ fn dropped_tokens_pass_through_unchanged() {
     let r = route(&logits, &rp);
     let x = uniform(&mut g, n * d, 1.0);
     let mut xe = vec![0.0; n * k * d];
-    be.dispatch_fwd(&mut xe, &x, &r.row_assign, n * k, k, d);
+    be.dispatch_fwd(&mut xe, &x, &r, d);
     let mut out = vec![f32::NAN; n * d];
-    be.combine_fwd(&mut out, &xe, &r.row, &r.gate, n, k, d);
+    be.combine_fwd(&mut out, &xe, &r, d);
     let mut h = uniform(&mut g, n * d, 1.0);
     let h0 = h.clone();
     be.add_inplace(&mut h, &out);

@@ -87,6 +87,59 @@ impl RouterStats {
     }
 }
 
+/// The routing of one MoE layer call over `n` tokens, `e` experts and top-`k`
+/// (DESIGN.md §2 steps 2-9): what [`Backend::router_fwd`] writes and
+/// dispatch, combine and the router backward read. Assignment `a = i*k + j`
+/// is token `i`'s `j`-th choice. One type for every caller: the model's
+/// training and evaluation, inference, the op benchmark and the tests.
+pub struct Routing<B: Backend + ?Sized> {
+    /// Tokens `N`.
+    pub n: usize,
+    /// Experts `E`.
+    pub e: usize,
+    /// Experts per token `k`.
+    pub k: usize,
+    /// Router probabilities `[N, E]`.
+    pub probs: B::Buf,
+    /// Chosen expert of each assignment `[N*k]`.
+    pub expert: B::IBuf,
+    /// Gate of each assignment `[N*k]` (after optional normalization, before
+    /// the kept mask).
+    pub gate: B::Buf,
+    /// Dispatched row of each assignment, -1 if dropped `[N*k]`.
+    pub row: B::IBuf,
+    /// Assignment of each dispatched row, -1 past the last kept one `[N*k]`.
+    pub row_assign: B::IBuf,
+    /// Expert segment offsets into the dispatched rows `[E + 1]`.
+    pub offsets: B::IBuf,
+    /// Statistics, [`RouterStats`] layout.
+    pub stats: B::Buf,
+}
+
+impl<B: Backend> Routing<B> {
+    /// Buffers for calls over `n` tokens.
+    pub fn new(be: &B, n: usize, e: usize, k: usize) -> Result<Routing<B>> {
+        let rows = n * k;
+        Ok(Routing {
+            n,
+            e,
+            k,
+            probs: be.alloc(n * e, "router probabilities")?,
+            expert: be.alloc_i(rows, "expert choices")?,
+            gate: be.alloc(rows, "gates")?,
+            row: be.alloc_i(rows, "dispatch rows")?,
+            row_assign: be.alloc_i(rows, "dispatch inverse rows")?,
+            offsets: be.alloc_i(e + 1, "expert offsets")?,
+            stats: be.alloc(RouterStats::len(e), "router statistics")?,
+        })
+    }
+
+    /// Rows of the dispatched buffers: `N*k` (every assignment at most once).
+    pub fn rows(&self) -> usize {
+        self.n * self.k
+    }
+}
+
 /// The op set. `Buf` holds f32 values, `IBuf` holds i32 values (token ids,
 /// expert indices, row maps). Buffers live wherever the backend computes.
 pub trait Backend: Sync {
@@ -453,90 +506,49 @@ pub trait Backend: Sync {
     fn router_jitter(&self, out: &mut Self::Buf, mult: &mut Self::Buf, x: &Self::Buf, eps: f32, seed: u64);
     /// `dx = dout * mult` (`=`), the jitter's backward.
     fn router_jitter_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, mult: &Self::Buf);
-    /// Fused routing from fp32 router logits (DESIGN.md §2 steps 2-9):
-    /// softmax, top-k (ties: lower index), gates, slot positions in the §2.5
-    /// priority order, kept mask, expert-contiguous row map, and statistics.
+    /// Fused routing from fp32 router logits (DESIGN.md §2 steps 2-9) into
+    /// `r` (every buffer `=`): softmax, top-k (ties: lower index), gates, slot
+    /// positions in the §2.5 priority order, kept mask, expert-contiguous row
+    /// map, and statistics. `p` gives the capacity and loss coefficients; its
+    /// sizes equal `r`'s.
     ///
     /// # Shapes
-    /// `logits`, `probs`: `[N, E]`; `expert`, `row`: `[N*k]` (assignment
-    /// `a = n*k + j`; `row[a]` = its row in the dispatched buffer or -1 if
-    /// dropped); `gate`: `[N*k]` (after optional normalization, before the
-    /// kept mask); `row_assign`: `[N*k]` (inverse map: assignment of each
-    /// dispatched row, -1 past the end); `offsets`: `[E + 1]`; `stats`:
-    /// [`RouterStats::len`]`(E)`.
-    #[allow(clippy::too_many_arguments)]
-    fn router_fwd(
-        &self,
-        probs: &mut Self::Buf,
-        expert: &mut Self::IBuf,
-        gate: &mut Self::Buf,
-        row: &mut Self::IBuf,
-        row_assign: &mut Self::IBuf,
-        offsets: &mut Self::IBuf,
-        stats: &mut Self::Buf,
-        logits: &Self::Buf,
-        p: &RouterParams,
-    );
-    /// Router backward into the logits (`=`): through the gates (`dgate`,
-    /// zero for dropped assignments), the aux loss via `P_e` (with `f_e` from
-    /// `stats`) and the z-loss. `dloss` scales aux and z (the loss weight of
-    /// this micro-batch).
-    #[allow(clippy::too_many_arguments)]
+    /// `logits`: `[N, E]`; `r` as [`Routing`].
+    fn router_fwd(&self, r: &mut Routing<Self>, logits: &Self::Buf, p: &RouterParams);
+    /// Router backward into the logits (`=`): through the gates (`dgate`
+    /// `[N*k]`, zero for dropped assignments), the aux loss via `P_e` (with
+    /// `f_e` from `r.stats`) and the z-loss. `dloss` scales aux and z (the loss
+    /// weight of this micro-batch).
     fn router_bwd(
         &self,
         dlogits: &mut Self::Buf,
         dgate: &Self::Buf,
         logits: &Self::Buf,
-        probs: &Self::Buf,
-        expert: &Self::IBuf,
-        stats: &Self::Buf,
+        r: &Routing<Self>,
         p: &RouterParams,
         dloss: f32,
     );
 
     // ---- dispatch -----------------------------------------------------
 
-    /// Gather token rows into expert-contiguous rows: `xe[r] = x[row_assign[r] / k]` (`=`).
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch_fwd(
-        &self,
-        xe: &mut Self::Buf,
-        x: &Self::Buf,
-        row_assign: &Self::IBuf,
-        n_rows: usize,
-        k: usize,
-        d: usize,
-    );
-    /// `dx[n] += sum_j dxe[row[n*k + j]]` over kept assignments, j ascending.
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch_bwd(&self, dx: &mut Self::Buf, dxe: &Self::Buf, row: &Self::IBuf, n: usize, k: usize, d: usize);
-    /// `out[n] = sum_j gate[n*k+j] * ye[row[n*k+j]]` over kept assignments (`=`; 0 if none kept).
-    #[allow(clippy::too_many_arguments)]
-    fn combine_fwd(
-        &self,
-        out: &mut Self::Buf,
-        ye: &Self::Buf,
-        row: &Self::IBuf,
-        gate: &Self::Buf,
-        n: usize,
-        k: usize,
-        d: usize,
-    );
-    /// Combine backward: `dye[r] = gate[a] * dout[a / k]` for `a = row_assign[r]`
-    /// (`=`), `dgate[a] = <dout[a / k], ye[row[a]]>` or 0 if dropped (`=`).
-    #[allow(clippy::too_many_arguments)]
+    /// Gather token rows into expert-contiguous rows:
+    /// `xe[row] = x[row_assign[row] / k]` (`=`; `x`: `[N, d]`, `xe`: `[N*k, d]`).
+    fn dispatch_fwd(&self, xe: &mut Self::Buf, x: &Self::Buf, r: &Routing<Self>, d: usize);
+    /// `dx[i] += sum_j dxe[row[i*k + j]]` over kept assignments, j ascending.
+    fn dispatch_bwd(&self, dx: &mut Self::Buf, dxe: &Self::Buf, r: &Routing<Self>, d: usize);
+    /// `out[i] = sum_j gate[i*k+j] * ye[row[i*k+j]]` over kept assignments
+    /// (`=`; 0 if none kept; `ye`: `[N*k, d]`, `out`: `[N, d]`).
+    fn combine_fwd(&self, out: &mut Self::Buf, ye: &Self::Buf, r: &Routing<Self>, d: usize);
+    /// Combine backward: `dye[row] = gate[a] * dout[a / k]` for `a =
+    /// row_assign[row]` (`=`), `dgate[a] = <dout[a / k], ye[row[a]]>` or 0 if
+    /// dropped (`=`).
     fn combine_bwd(
         &self,
         dye: &mut Self::Buf,
         dgate: &mut Self::Buf,
         dout: &Self::Buf,
         ye: &Self::Buf,
-        row: &Self::IBuf,
-        row_assign: &Self::IBuf,
-        gate: &Self::Buf,
-        n_rows: usize,
-        n: usize,
-        k: usize,
+        r: &Routing<Self>,
         d: usize,
     );
 

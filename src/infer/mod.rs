@@ -18,7 +18,9 @@ use std::collections::HashMap;
 
 use crate::backend::{Backend, RouterParams, RouterStats};
 use crate::config::capacity;
-use crate::model::{FfnIdx, Model};
+use crate::model::ffn::{self, DenseBuffers};
+use crate::model::moe::{self, MoeBuffers, MoeShape};
+use crate::model::{attention, FfnIdx, Model};
 use crate::{Error, Result};
 
 /// How MoE layers route at inference.
@@ -60,22 +62,6 @@ pub struct ExpertLoad {
     pub dropped: f32,
 }
 
-/// MoE buffers of one call.
-struct MoeWork<B: Backend> {
-    logits: B::Buf,
-    probs: B::Buf,
-    expert: B::IBuf,
-    gate: B::Buf,
-    row: B::IBuf,
-    row_assign: B::IBuf,
-    offsets: B::IBuf,
-    stats: B::Buf,
-    xe: B::Buf,
-    he: B::Buf,
-    ae: B::Buf,
-    ye: B::Buf,
-}
-
 /// Buffers of one call over `n` rows (kept per distinct `n`, so the decode
 /// steps of a batch reuse them).
 struct Work<B: Backend> {
@@ -92,9 +78,11 @@ struct Work<B: Backend> {
     lse: B::Buf,
     y: B::Buf,
     mid: B::Buf,
-    pre: B::Buf,
-    act: B::Buf,
-    moe: Option<MoeWork<B>>,
+    /// The dense MLP's activations (models with a dense layer).
+    dense: Option<DenseBuffers<B>>,
+    /// The MoE layers' routing and expert activations (models with an MoE
+    /// layer; the layers run one after another, so they share one set).
+    moe: Option<MoeBuffers<B>>,
     logits: B::Buf,
 }
 
@@ -207,23 +195,15 @@ impl<'m, B: Backend> Engine<'m, B> {
         let m = &model.cfg.model;
         let (d, f, v, h) = (m.d_model, m.d_ff, m.vocab_size, m.n_head);
         let al = |len: usize, what: &str| be.alloc(len, what);
-        let moe = if model.table.blocks.iter().any(|b| matches!(b.ffn, FfnIdx::Moe { .. })) {
-            let (e, k) = (m.n_experts, m.top_k);
-            let rows = n * k;
-            Some(MoeWork {
-                logits: al(n * e, "router logits")?,
-                probs: al(n * e, "router probabilities")?,
-                expert: be.alloc_i(rows, "expert choices")?,
-                gate: al(rows, "gates")?,
-                row: be.alloc_i(rows, "dispatch rows")?,
-                row_assign: be.alloc_i(rows, "dispatch inverse rows")?,
-                offsets: be.alloc_i(e + 1, "expert offsets")?,
-                stats: al(RouterStats::len(e), "router statistics")?,
-                xe: al(rows * d, "dispatched tokens")?,
-                he: al(rows * f, "expert pre-activations")?,
-                ae: al(rows * f, "expert activations")?,
-                ye: al(rows * d, "expert outputs")?,
-            })
+        let blocks = &model.table.blocks;
+        let dense = if blocks.iter().any(|b| matches!(b.ffn, FfnIdx::Dense(_))) {
+            Some(DenseBuffers::new(be, n, f)?)
+        } else {
+            None
+        };
+        let moe = if blocks.iter().any(|b| matches!(b.ffn, FfnIdx::Moe(_))) {
+            let shape = MoeShape { n, d, f, e: m.n_experts, k: m.top_k };
+            Some(MoeBuffers::new(be, shape, false, false)?)
         } else {
             None
         };
@@ -241,8 +221,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             lse: al(n * h, "attention logsumexp")?,
             y: al(n * d, "block output")?,
             mid: al(n * d, "residual after attention")?,
-            pre: al(n * f, "mlp pre-activation")?,
-            act: al(n * f, "mlp activation")?,
+            dense,
             moe,
             logits: al(n * v, "logits")?,
         })
@@ -278,8 +257,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         for (l, bi) in tb.blocks.iter().enumerate() {
             // mid = x + proj(attn(qkv(LN1(x)))), the cache extended on the way.
             be.layernorm_fwd(&mut w.ln, &mut w.mean, &mut w.rstd, &w.x, &p[bi.ln1_w], &p[bi.ln1_b], n, d);
-            be.matmul(&mut w.qkv, &w.ln, &p[bi.qkv_w], n, d, 3 * d, false, false, false);
-            be.add_bias(&mut w.qkv, &p[bi.qkv_b], n, 3 * d);
+            attention::qkv_fwd(be, p, bi, &w.ln, &mut w.qkv, n, d);
             let (kc, vc) = (&mut self.cache.k[l], &mut self.cache.v[l]);
             be.kv_append(kc, vc, &w.qkv, &w.slots, n, h, hd);
             match mode {
@@ -288,21 +266,18 @@ impl<'m, B: Backend> Engine<'m, B> {
                     be.attention_decode(&mut w.att, &w.qkv, kc, vc, &w.lens, n, h, hd, self.cache.max_t)
                 }
             }
-            be.matmul(&mut w.y, &w.att, &p[bi.proj_w], n, d, d, false, false, false);
-            be.add_bias(&mut w.y, &p[bi.proj_b], n, d);
+            attention::output_fwd(be, p, bi, &w.att, &mut w.y, n, d);
             be.copy(&mut w.mid, &w.x);
             be.add_inplace(&mut w.mid, &w.y);
             // x = mid + FFN(LN2(mid))
             be.layernorm_fwd(&mut w.ln, &mut w.mean, &mut w.rstd, &w.mid, &p[bi.ln2_w], &p[bi.ln2_b], n, d);
-            match bi.ffn {
-                FfnIdx::Dense { fc_w, fc_b, proj_w, proj_b } => {
-                    be.matmul(&mut w.pre, &w.ln, &p[fc_w], n, d, f, false, false, false);
-                    be.bias_gelu_fwd(&mut w.pre, &mut w.act, &p[fc_b], n, f);
-                    be.matmul(&mut w.y, &w.act, &p[proj_w], n, f, d, false, false, false);
-                    be.add_bias(&mut w.y, &p[proj_b], n, d);
+            match &bi.ffn {
+                FfnIdx::Dense(dw) => {
+                    let buf = w.dense.as_mut().expect("dense buffers exist for models with a dense layer");
+                    ffn::forward(be, p, dw, buf, &w.ln, &mut w.y, n, d, f);
                 }
-                FfnIdx::Moe { router, fc_w, fc_b, proj_w, proj_b } => {
-                    let mw = w.moe.as_mut().expect("MoE buffers exist for MoE models");
+                FfnIdx::Moe(mw) => {
+                    let buf = w.moe.as_mut().expect("MoE buffers exist for MoE models");
                     let (e, k) = (m.n_experts, m.top_k);
                     let cap = match self.routing {
                         Routing::Dropless => n,
@@ -317,25 +292,9 @@ impl<'m, B: Backend> Engine<'m, B> {
                         aux_coef: m.aux_loss_coef as f32,
                         z_coef: m.z_loss_coef as f32,
                     };
-                    be.matmul_fp32(&mut mw.logits, &w.ln, &p[router], n, d, e, false, false, false);
-                    be.router_fwd(
-                        &mut mw.probs,
-                        &mut mw.expert,
-                        &mut mw.gate,
-                        &mut mw.row,
-                        &mut mw.row_assign,
-                        &mut mw.offsets,
-                        &mut mw.stats,
-                        &mw.logits,
-                        &rp,
-                    );
-                    let rows = n * k;
-                    be.dispatch_fwd(&mut mw.xe, &w.ln, &mw.row_assign, rows, k, d);
-                    be.grouped_matmul_gelu(&mut mw.he, &mut mw.ae, &mw.xe, &p[fc_w], &p[fc_b], &mw.offsets, e, d, f);
-                    be.grouped_matmul(&mut mw.ye, &mw.ae, &p[proj_w], &p[proj_b], &mw.offsets, e, f, d);
-                    be.combine_fwd(&mut w.y, &mw.ye, &mw.row, &mw.gate, n, k, d);
+                    moe::forward(be, p, mw, buf, &w.ln, &mut w.y, &rp, None);
                     if self.collect_stats {
-                        let s = be.download(&mw.stats);
+                        let s = be.download(&buf.routing.stats);
                         self.last_load.push(ExpertLoad {
                             layer: l,
                             kept: s[RouterStats::kept(e)..RouterStats::kept(e) + e].to_vec(),

@@ -4,55 +4,16 @@ use crate::backend::{Backend, RouterStats};
 use crate::config::Config;
 use crate::Result;
 
+use super::ffn::DenseBuffers;
+use super::moe::{MoeBuffers, MoeShape};
 use super::params::{FfnIdx, ParamTable};
-
-/// Activations of a Switch MoE FFN.
-pub(crate) struct MoeActs<B: Backend> {
-    /// Dispatched rows allocated: `N*k` (every assignment kept at most once).
-    pub rows: usize,
-    /// Jitter multipliers `[N, d]` (training with jitter only).
-    pub jit_mult: B::Buf,
-    /// Jittered router input `[N, d]`.
-    pub u_jit: B::Buf,
-    /// Router logits `[N, E]` (fp32).
-    pub logits: B::Buf,
-    /// Router probabilities `[N, E]`.
-    pub probs: B::Buf,
-    /// Chosen experts `[N*k]`.
-    pub expert: B::IBuf,
-    /// Gates `[N*k]`.
-    pub gate: B::Buf,
-    /// Dispatched row of each assignment `[N*k]` (-1 = dropped).
-    pub row: B::IBuf,
-    /// Assignment of each dispatched row `[N*k]` (-1 = unused).
-    pub row_assign: B::IBuf,
-    /// Expert segment offsets `[E+1]`.
-    pub offsets: B::IBuf,
-    /// Router statistics (`RouterStats` layout).
-    pub stats: B::Buf,
-    /// Dispatched inputs `[N*k, d]`.
-    pub xe: B::Buf,
-    /// Expert pre-activations `[N*k, d_ff]`.
-    pub he: B::Buf,
-    /// Expert activations `[N*k, d_ff]`.
-    pub ae: B::Buf,
-    /// Expert outputs `[N*k, d]`.
-    pub ye: B::Buf,
-    /// Gradients: `dye [N*k, d]`, `dhe [N*k, d_ff]` (through the GELU),
-    /// `dxe [N*k, d]`, `dgate [N*k]`, `dlogits [N, E]`.
-    pub dye: B::Buf,
-    pub dhe: B::Buf,
-    pub dxe: B::Buf,
-    pub dgate: B::Buf,
-    pub dlogits: B::Buf,
-}
 
 /// Activations of one block's FFN.
 pub(crate) enum FfnActs<B: Backend> {
-    /// Dense MLP: pre-activation and GELU output, `[N, d_ff]` each.
-    Dense { pre: B::Buf, act: B::Buf },
+    /// Dense MLP.
+    Dense(DenseBuffers<B>),
     /// Switch MoE.
-    Moe(Box<MoeActs<B>>),
+    Moe(Box<MoeBuffers<B>>),
 }
 
 /// Activations of one block.
@@ -112,39 +73,15 @@ impl<B: Backend> Acts<B> {
         let (d, f, v, e, k) = (m.d_model, m.d_ff, m.vocab_size, m.n_experts, m.top_k);
         let n = b * t;
         let al = |len: usize, what: &str| be.alloc(len, what);
-        let any_dense = table.blocks.iter().any(|bi| matches!(bi.ffn, FfnIdx::Dense { .. }));
-        let n_moe = table.blocks.iter().filter(|bi| matches!(bi.ffn, FfnIdx::Moe { .. })).count();
+        let any_dense = table.blocks.iter().any(|bi| matches!(bi.ffn, FfnIdx::Dense(_)));
+        let n_moe = table.blocks.iter().filter(|bi| matches!(bi.ffn, FfnIdx::Moe(_))).count();
         let mut blocks = Vec::new();
         for bi in &table.blocks {
             let ffn = match bi.ffn {
-                FfnIdx::Dense { .. } => {
-                    FfnActs::Dense { pre: al(n * f, "mlp pre-activation")?, act: al(n * f, "mlp activation")? }
-                }
-                FfnIdx::Moe { .. } => {
-                    let rows = n * k;
-                    let jit = if m.router_jitter > 0.0 { n * d } else { 0 };
-                    FfnActs::Moe(Box::new(MoeActs {
-                        rows,
-                        jit_mult: al(jit, "router jitter")?,
-                        u_jit: al(jit, "jittered router input")?,
-                        logits: al(n * e, "router logits")?,
-                        probs: al(n * e, "router probabilities")?,
-                        expert: be.alloc_i(rows, "expert choices")?,
-                        gate: al(rows, "gates")?,
-                        row: be.alloc_i(rows, "dispatch rows")?,
-                        row_assign: be.alloc_i(rows, "dispatch inverse rows")?,
-                        offsets: be.alloc_i(e + 1, "expert offsets")?,
-                        stats: al(RouterStats::len(e), "router statistics")?,
-                        xe: al(rows * d, "dispatched tokens")?,
-                        he: al(rows * f, "expert pre-activations")?,
-                        ae: al(rows * f, "expert activations")?,
-                        ye: al(rows * d, "expert outputs")?,
-                        dye: al(rows * d, "expert output gradient")?,
-                        dhe: al(rows * f, "expert pre-activation gradient")?,
-                        dxe: al(rows * d, "dispatched token gradient")?,
-                        dgate: al(rows, "gate gradient")?,
-                        dlogits: al(n * e, "router logit gradient")?,
-                    }))
+                FfnIdx::Dense(_) => FfnActs::Dense(DenseBuffers::new(be, n, f)?),
+                FfnIdx::Moe(_) => {
+                    let shape = MoeShape { n, d, f, e, k };
+                    FfnActs::Moe(Box::new(MoeBuffers::new(be, shape, m.router_jitter > 0.0, true)?))
                 }
             };
             blocks.push(BlockActs {

@@ -10,13 +10,18 @@
 //! ```
 
 mod acts;
+pub mod attention;
+pub mod ffn;
+pub mod moe;
 pub mod params;
 
 use crate::backend::{Backend, RouterParams, RouterStats};
 use crate::config::{capacity, Config};
 use crate::Result;
 use acts::{Acts, FfnActs};
-pub use params::{init_values, mix, BlockIdx, FfnIdx, ParamKind, ParamSpec, ParamTable};
+use attention::AttnShape;
+use moe::Jitter;
+pub use params::{init_values, mix, BlockIdx, DenseIdx, FfnIdx, MoeIdx, ParamKind, ParamSpec, ParamTable};
 
 /// Which pass a micro-batch takes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -186,15 +191,18 @@ impl<B: Backend> Model<B> {
     pub fn routing(&self, be: &B, layer: usize) -> Option<(Vec<i32>, Vec<i32>, Vec<f32>)> {
         let acts = self.acts.as_ref()?;
         match &acts.blocks[layer].ffn {
-            FfnActs::Moe(m) => Some((be.download_i(&m.expert), be.download_i(&m.row), be.download(&m.gate))),
-            FfnActs::Dense { .. } => None,
+            FfnActs::Moe(m) => {
+                let r = &m.routing;
+                Some((be.download_i(&r.expert), be.download_i(&r.row), be.download(&r.gate)))
+            }
+            FfnActs::Dense(_) => None,
         }
     }
 
     fn forward(&mut self, be: &B, x: &[i32], y: &[i32], b: usize, t: usize, pass: Pass) -> MicroStats {
         let m = self.cfg.model.clone();
         let (d, f, v, h) = (m.d_model, m.d_ff, m.vocab_size, m.n_head);
-        let hd = d / h;
+        let shape = AttnShape { b, t, h, hd: d / h };
         let n = b * t;
         let rp = self.router_params(n, pass);
         let p = &self.params;
@@ -209,13 +217,9 @@ impl<B: Backend> Model<B> {
             let h_in = &before[l];
             let h_out = &mut after[0];
             let ba = &mut a.blocks[l];
-            // h_mid = h_in + proj(attn(qkv(LN1(h_in))))
+            // h_mid = h_in + Attn(LN1(h_in))
             be.layernorm_fwd(&mut ba.ln1, &mut ba.ln1_mean, &mut ba.ln1_rstd, h_in, &p[bi.ln1_w], &p[bi.ln1_b], n, d);
-            be.matmul(&mut ba.qkv, &ba.ln1, &p[bi.qkv_w], n, d, 3 * d, false, false, false);
-            be.add_bias(&mut ba.qkv, &p[bi.qkv_b], n, 3 * d);
-            be.attention_fwd(&mut ba.att, &mut ba.lse, &ba.qkv, b, t, h, hd);
-            be.matmul(&mut a.scratch_d, &ba.att, &p[bi.proj_w], n, d, d, false, false, false);
-            be.add_bias(&mut a.scratch_d, &p[bi.proj_b], n, d);
+            attention::forward(be, p, bi, &ba.ln1, (&mut ba.qkv, &mut ba.att, &mut ba.lse), &mut a.scratch_d, shape);
             be.copy(&mut ba.h_mid, h_in);
             be.add_inplace(&mut ba.h_mid, &a.scratch_d);
             // h_out = h_mid + FFN(LN2(h_mid))
@@ -230,50 +234,21 @@ impl<B: Backend> Model<B> {
                 d,
             );
             match (&bi.ffn, &mut ba.ffn) {
-                (FfnIdx::Dense { fc_w, fc_b, proj_w, proj_b }, FfnActs::Dense { pre, act }) => {
-                    be.matmul(pre, &ba.ln2, &p[*fc_w], n, d, f, false, false, false);
-                    be.bias_gelu_fwd(pre, act, &p[*fc_b], n, f);
-                    be.matmul(&mut a.scratch_d, act, &p[*proj_w], n, f, d, false, false, false);
-                    be.add_bias(&mut a.scratch_d, &p[*proj_b], n, d);
+                (FfnIdx::Dense(w), FfnActs::Dense(buf)) => {
+                    ffn::forward(be, p, w, buf, &ba.ln2, &mut a.scratch_d, n, d, f)
                 }
-                (FfnIdx::Moe { router, fc_w, fc_b, proj_w, proj_b }, FfnActs::Moe(ma)) => {
-                    // 1. router logits in fp32 from the (jittered) input
-                    let u = match pass {
+                (FfnIdx::Moe(w), FfnActs::Moe(buf)) => {
+                    let jitter = match pass {
                         Pass::Train { jitter_seed, .. } if m.router_jitter > 0.0 => {
-                            be.router_jitter(
-                                &mut ma.u_jit,
-                                &mut ma.jit_mult,
-                                &ba.ln2,
-                                m.router_jitter as f32,
-                                mix(jitter_seed, l as u64),
-                            );
-                            &ma.u_jit
+                            Some(Jitter { eps: m.router_jitter as f32, seed: mix(jitter_seed, l as u64) })
                         }
-                        _ => &ba.ln2,
+                        _ => None,
                     };
-                    be.matmul_fp32(&mut ma.logits, u, &p[*router], n, d, m.n_experts, false, false, false);
-                    // 2-5, 8-9: softmax, top-k, gates, slots, statistics
-                    be.router_fwd(
-                        &mut ma.probs,
-                        &mut ma.expert,
-                        &mut ma.gate,
-                        &mut ma.row,
-                        &mut ma.row_assign,
-                        &mut ma.offsets,
-                        &mut ma.stats,
-                        &ma.logits,
-                        &rp,
-                    );
+                    moe::forward(be, p, w, buf, &ba.ln2, &mut a.scratch_d, &rp, jitter);
                     // Statistics stay on the device until the step's one read below.
-                    be.copy_at(&mut a.moe_stats, moe_layers.len() * RouterStats::len(m.n_experts), &ma.stats);
+                    let at = moe_layers.len() * RouterStats::len(m.n_experts);
+                    be.copy_at(&mut a.moe_stats, at, &buf.routing.stats);
                     moe_layers.push(l);
-                    // 6. experts over their kept slots, expert-contiguous
-                    let (rows, e) = (ma.rows, m.n_experts);
-                    be.dispatch_fwd(&mut ma.xe, &ba.ln2, &ma.row_assign, rows, m.top_k, d);
-                    be.grouped_matmul_gelu(&mut ma.he, &mut ma.ae, &ma.xe, &p[*fc_w], &p[*fc_b], &ma.offsets, e, d, f);
-                    be.grouped_matmul(&mut ma.ye, &ma.ae, &p[*proj_w], &p[*proj_b], &ma.offsets, e, f, d);
-                    // 7. combine, weighted by the gates; dropped tokens get 0
-                    be.combine_fwd(&mut a.scratch_d, &ma.ye, &ma.row, &ma.gate, n, m.top_k, d);
                 }
                 _ => unreachable!("activations are built from the same table"),
             }
@@ -302,7 +277,7 @@ impl<B: Backend> Model<B> {
     fn backward(&mut self, be: &B, b: usize, t: usize, loss_weight: f32, pass: Pass) {
         let m = self.cfg.model.clone();
         let (d, f, v, h) = (m.d_model, m.d_ff, m.vocab_size, m.n_head);
-        let hd = d / h;
+        let shape = AttnShape { b, t, h, hd: d / h };
         let n = b * t;
         let rp = self.router_params(n, pass);
         let p = &self.params;
@@ -322,64 +297,12 @@ impl<B: Backend> Model<B> {
             let ba = &mut a.blocks[l];
             // FFN: h_out = h_mid + FFN(LN2(h_mid)); the FFN output's gradient is dres.
             match (&bi.ffn, &mut ba.ffn) {
-                (FfnIdx::Dense { fc_w, fc_b, proj_w, proj_b }, FfnActs::Dense { pre, act }) => {
-                    be.matmul(&mut a.dff, &a.dres, &p[*proj_w], n, d, f, false, true, false);
-                    be.matmul(&mut g[*proj_w], act, &a.dres, f, n, d, true, false, true);
-                    be.bias_grad(&mut g[*proj_b], &a.dres, n, d);
-                    be.gelu_bwd(&mut a.dff2, &a.dff, pre, n * f);
-                    be.matmul(&mut a.dln, &a.dff2, &p[*fc_w], n, f, d, false, true, false);
-                    be.matmul(&mut g[*fc_w], &ba.ln2, &a.dff2, d, n, f, true, false, true);
-                    be.bias_grad(&mut g[*fc_b], &a.dff2, n, f);
+                (FfnIdx::Dense(w), FfnActs::Dense(buf)) => {
+                    let scratch = (&mut a.dff, &mut a.dff2);
+                    ffn::backward(be, p, g, w, buf, &ba.ln2, &a.dres, &mut a.dln, scratch, n, d, f);
                 }
-                (FfnIdx::Moe { router, fc_w, fc_b, proj_w, proj_b }, FfnActs::Moe(ma)) => {
-                    let (rows, k, e) = (ma.rows, m.top_k, m.n_experts);
-                    be.combine_bwd(
-                        &mut ma.dye,
-                        &mut ma.dgate,
-                        &a.dres,
-                        &ma.ye,
-                        &ma.row,
-                        &ma.row_assign,
-                        &ma.gate,
-                        rows,
-                        n,
-                        k,
-                        d,
-                    );
-                    {
-                        // through the second expert layer and the GELU: dhe = (dye W2^T) * gelu'(he)
-                        let (gw, gb) = two_mut(g, *proj_w, *proj_b);
-                        let (dy, act, w2, pre) = (&ma.dye, &ma.ae, &p[*proj_w], &ma.he);
-                        be.grouped_matmul_bwd_gelu(&mut ma.dhe, gw, gb, dy, act, w2, pre, &ma.offsets, e, f, d);
-                    }
-                    {
-                        let (gw, gb) = two_mut(g, *fc_w, *fc_b);
-                        be.grouped_matmul_bwd(&mut ma.dxe, gw, gb, &ma.dhe, &ma.xe, &p[*fc_w], &ma.offsets, e, d, f);
-                    }
-                    be.zero(&mut a.dln);
-                    be.dispatch_bwd(&mut a.dln, &ma.dxe, &ma.row, n, k, d);
-                    // router: gates, aux (via P) and z-loss into the logits, then into W_r and u
-                    be.router_bwd(
-                        &mut ma.dlogits,
-                        &ma.dgate,
-                        &ma.logits,
-                        &ma.probs,
-                        &ma.expert,
-                        &ma.stats,
-                        &rp,
-                        loss_weight,
-                    );
-                    let jittered = matches!(pass, Pass::Train { .. }) && m.router_jitter > 0.0;
-                    let u = if jittered { &ma.u_jit } else { &ba.ln2 };
-                    be.matmul_fp32(&mut g[*router], u, &ma.dlogits, d, n, e, true, false, true);
-                    if jittered {
-                        be.matmul_fp32(&mut a.scratch_d, &ma.dlogits, &p[*router], n, e, d, false, true, false);
-                        // u_jit is dead once the router weight gradient is taken: reuse it.
-                        be.router_jitter_bwd(&mut ma.u_jit, &a.scratch_d, &ma.jit_mult);
-                        be.add_inplace(&mut a.dln, &ma.u_jit);
-                    } else {
-                        be.matmul_fp32(&mut a.dln, &ma.dlogits, &p[*router], n, e, d, false, true, true);
-                    }
+                (FfnIdx::Moe(w), FfnActs::Moe(buf)) => {
+                    moe::backward(be, p, g, w, buf, &ba.ln2, &a.dres, &mut a.dln, &mut a.scratch_d, &rp, loss_weight);
                 }
                 _ => unreachable!("activations are built from the same table"),
             }
@@ -398,14 +321,9 @@ impl<B: Backend> Model<B> {
                     d,
                 );
             }
-            // Attention: h_mid = h_in + proj(attn(qkv(LN1(h_in)))).
-            be.matmul(&mut a.dln, &a.dres, &p[bi.proj_w], n, d, d, false, true, false);
-            be.matmul(&mut g[bi.proj_w], &ba.att, &a.dres, d, n, d, true, false, true);
-            be.bias_grad(&mut g[bi.proj_b], &a.dres, n, d);
-            be.attention_bwd(&mut a.dqkv, &a.dln, &ba.qkv, &ba.att, &ba.lse, b, t, h, hd);
-            be.matmul(&mut a.dln, &a.dqkv, &p[bi.qkv_w], n, 3 * d, d, false, true, false);
-            be.matmul(&mut g[bi.qkv_w], &ba.ln1, &a.dqkv, d, n, 3 * d, true, false, true);
-            be.bias_grad(&mut g[bi.qkv_b], &a.dqkv, n, 3 * d);
+            // Attention: h_mid = h_in + Attn(LN1(h_in)).
+            let saved = (&ba.qkv, &ba.att, &ba.lse);
+            attention::backward(be, p, g, bi, &ba.ln1, saved, &a.dres, (&mut a.dln, &mut a.dqkv), shape);
             {
                 let (gw, gb) = two_mut(g, bi.ln1_w, bi.ln1_b);
                 be.layernorm_bwd(

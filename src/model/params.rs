@@ -48,33 +48,42 @@ impl ParamSpec {
     }
 }
 
-/// Indices (into the parameter list) of one block's FFN.
+/// Indices (into the parameter list) of a dense MLP's tensors:
+/// `fc [d, d_ff]`, `proj [d_ff, d]` with biases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseIdx {
+    /// `mlp.fc.weight`.
+    pub fc_w: usize,
+    /// `mlp.fc.bias`.
+    pub fc_b: usize,
+    /// `mlp.proj.weight`.
+    pub proj_w: usize,
+    /// `mlp.proj.bias`.
+    pub proj_b: usize,
+}
+
+/// Indices of a Switch MoE FFN's tensors: the router and the stacked experts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeIdx {
+    /// `moe.router.weight [d, E]`.
+    pub router: usize,
+    /// `moe.experts.fc.weight [E, d, d_ff]`.
+    pub fc_w: usize,
+    /// `moe.experts.fc.bias [E, d_ff]`.
+    pub fc_b: usize,
+    /// `moe.experts.proj.weight [E, d_ff, d]`.
+    pub proj_w: usize,
+    /// `moe.experts.proj.bias [E, d]`.
+    pub proj_b: usize,
+}
+
+/// Indices of one block's FFN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FfnIdx {
-    /// Dense MLP: `fc [d, d_ff]`, `proj [d_ff, d]` with biases.
-    Dense {
-        /// `mlp.fc.weight`.
-        fc_w: usize,
-        /// `mlp.fc.bias`.
-        fc_b: usize,
-        /// `mlp.proj.weight`.
-        proj_w: usize,
-        /// `mlp.proj.bias`.
-        proj_b: usize,
-    },
-    /// Switch MoE: router plus stacked experts.
-    Moe {
-        /// `moe.router.weight [d, E]`.
-        router: usize,
-        /// `moe.experts.fc.weight [E, d, d_ff]`.
-        fc_w: usize,
-        /// `moe.experts.fc.bias [E, d_ff]`.
-        fc_b: usize,
-        /// `moe.experts.proj.weight [E, d_ff, d]`.
-        proj_w: usize,
-        /// `moe.experts.proj.bias [E, d]`.
-        proj_b: usize,
-    },
+    /// Dense MLP.
+    Dense(DenseIdx),
+    /// Switch MoE.
+    Moe(MoeIdx),
 }
 
 /// Indices of one transformer block's tensors.
@@ -141,20 +150,20 @@ impl ParamTable {
             let ln2_w = add(p("ln_2.weight"), vec![d], ParamKind::NormWeight);
             let ln2_b = add(p("ln_2.bias"), vec![d], ParamKind::NormBias);
             let ffn = if cfg.is_moe_layer(l) {
-                FfnIdx::Moe {
+                FfnIdx::Moe(MoeIdx {
                     router: add(p("moe.router.weight"), vec![d, e], ParamKind::Router),
                     fc_w: add(p("moe.experts.fc.weight"), vec![e, d, f], ParamKind::Matrix),
                     fc_b: add(p("moe.experts.fc.bias"), vec![e, f], ParamKind::Bias),
                     proj_w: add(p("moe.experts.proj.weight"), vec![e, f, d], ParamKind::Matrix),
                     proj_b: add(p("moe.experts.proj.bias"), vec![e, d], ParamKind::Bias),
-                }
+                })
             } else {
-                FfnIdx::Dense {
+                FfnIdx::Dense(DenseIdx {
                     fc_w: add(p("mlp.fc.weight"), vec![d, f], ParamKind::Matrix),
                     fc_b: add(p("mlp.fc.bias"), vec![f], ParamKind::Bias),
                     proj_w: add(p("mlp.proj.weight"), vec![f, d], ParamKind::Matrix),
                     proj_b: add(p("mlp.proj.bias"), vec![d], ParamKind::Bias),
-                }
+                })
             };
             blocks.push(BlockIdx { ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, ffn });
         }

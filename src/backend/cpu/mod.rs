@@ -20,7 +20,7 @@ pub mod router;
 
 use rayon::prelude::*;
 
-use super::{AdamW, Backend, RouterParams};
+use super::{AdamW, Backend, RouterParams, Routing};
 use crate::{Error, Result};
 
 /// Rows per chunk in cross-row reductions. Fixed (not derived from the
@@ -445,18 +445,9 @@ impl Backend for Cpu {
         router::jitter_bwd(dx, dout, mult);
     }
 
-    fn router_fwd(
-        &self,
-        probs: &mut Vec<f32>,
-        expert: &mut Vec<i32>,
-        gate: &mut Vec<f32>,
-        row: &mut Vec<i32>,
-        row_assign: &mut Vec<i32>,
-        offsets: &mut Vec<i32>,
-        stats: &mut Vec<f32>,
-        logits: &Vec<f32>,
-        p: &RouterParams,
-    ) {
+    fn router_fwd(&self, r: &mut Routing<Cpu>, logits: &Vec<f32>, p: &RouterParams) {
+        debug_assert!((p.n_tokens, p.n_experts, p.top_k) == (r.n, r.e, r.k), "router_fwd: sizes");
+        let Routing { probs, expert, gate, row, row_assign, offsets, stats, .. } = r;
         self.run(|| router::router_fwd(probs, expert, gate, row, row_assign, offsets, stats, logits, p));
     }
 
@@ -465,34 +456,23 @@ impl Backend for Cpu {
         dlogits: &mut Vec<f32>,
         dgate: &Vec<f32>,
         logits: &Vec<f32>,
-        probs: &Vec<f32>,
-        expert: &Vec<i32>,
-        stats: &Vec<f32>,
+        r: &Routing<Cpu>,
         p: &RouterParams,
         dloss: f32,
     ) {
-        self.run(|| router::router_bwd(dlogits, dgate, logits, probs, expert, stats, p, dloss));
+        self.run(|| router::router_bwd(dlogits, dgate, logits, &r.probs, &r.expert, &r.stats, p, dloss));
     }
 
-    fn dispatch_fwd(&self, xe: &mut Vec<f32>, x: &Vec<f32>, row_assign: &Vec<i32>, n_rows: usize, k: usize, d: usize) {
-        self.run(|| dispatch::dispatch_fwd(xe, x, row_assign, n_rows, k, d));
+    fn dispatch_fwd(&self, xe: &mut Vec<f32>, x: &Vec<f32>, r: &Routing<Cpu>, d: usize) {
+        self.run(|| dispatch::dispatch_fwd(xe, x, &r.row_assign, r.rows(), r.k, d));
     }
 
-    fn dispatch_bwd(&self, dx: &mut Vec<f32>, dxe: &Vec<f32>, row: &Vec<i32>, n: usize, k: usize, d: usize) {
-        self.run(|| dispatch::dispatch_bwd(dx, dxe, row, n, k, d));
+    fn dispatch_bwd(&self, dx: &mut Vec<f32>, dxe: &Vec<f32>, r: &Routing<Cpu>, d: usize) {
+        self.run(|| dispatch::dispatch_bwd(dx, dxe, &r.row, r.n, r.k, d));
     }
 
-    fn combine_fwd(
-        &self,
-        out: &mut Vec<f32>,
-        ye: &Vec<f32>,
-        row: &Vec<i32>,
-        gate: &Vec<f32>,
-        n: usize,
-        k: usize,
-        d: usize,
-    ) {
-        self.run(|| dispatch::combine_fwd(out, ye, row, gate, n, k, d));
+    fn combine_fwd(&self, out: &mut Vec<f32>, ye: &Vec<f32>, r: &Routing<Cpu>, d: usize) {
+        self.run(|| dispatch::combine_fwd(out, ye, &r.row, &r.gate, r.n, r.k, d));
     }
 
     fn combine_bwd(
@@ -501,15 +481,10 @@ impl Backend for Cpu {
         dgate: &mut Vec<f32>,
         dout: &Vec<f32>,
         ye: &Vec<f32>,
-        row: &Vec<i32>,
-        row_assign: &Vec<i32>,
-        gate: &Vec<f32>,
-        n_rows: usize,
-        n: usize,
-        k: usize,
+        r: &Routing<Cpu>,
         d: usize,
     ) {
-        self.run(|| dispatch::combine_bwd(dye, dgate, dout, ye, row, row_assign, gate, n_rows, n, k, d));
+        self.run(|| dispatch::combine_bwd(dye, dgate, dout, ye, &r.row, &r.row_assign, &r.gate, r.rows(), r.n, r.k, d));
     }
 
     fn cross_entropy(

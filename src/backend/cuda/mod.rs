@@ -40,7 +40,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
-use super::{AdamW, Backend, RouterParams};
+use super::{AdamW, Backend, RouterParams, Routing};
 use crate::config::Config;
 use crate::{Error, Result};
 pub use attention::{Shape as AttentionShape, HEAD_DIMS};
@@ -915,18 +915,9 @@ impl Backend for Cuda {
         router::jitter_bwd(self, dx, dout, mult);
     }
 
-    fn router_fwd(
-        &self,
-        probs: &mut CudaBuf,
-        expert: &mut CudaIBuf,
-        gate: &mut CudaBuf,
-        row: &mut CudaIBuf,
-        row_assign: &mut CudaIBuf,
-        offsets: &mut CudaIBuf,
-        stats: &mut CudaBuf,
-        logits: &CudaBuf,
-        p: &RouterParams,
-    ) {
+    fn router_fwd(&self, r: &mut Routing<Cuda>, logits: &CudaBuf, p: &RouterParams) {
+        debug_assert!((p.n_tokens, p.n_experts, p.top_k) == (r.n, r.e, r.k), "router_fwd: sizes");
+        let Routing { probs, expert, gate, row, row_assign, offsets, stats, .. } = r;
         router::fwd(self, [probs, gate, stats], [expert, row, row_assign, offsets], logits, p);
     }
 
@@ -935,34 +926,23 @@ impl Backend for Cuda {
         dlogits: &mut CudaBuf,
         dgate: &CudaBuf,
         logits: &CudaBuf,
-        probs: &CudaBuf,
-        expert: &CudaIBuf,
-        stats: &CudaBuf,
+        r: &Routing<Cuda>,
         p: &RouterParams,
         dloss: f32,
     ) {
-        router::bwd(self, dlogits, [dgate, logits, probs, stats], expert, p, dloss);
+        router::bwd(self, dlogits, [dgate, logits, &r.probs, &r.stats], &r.expert, p, dloss);
     }
 
-    fn dispatch_fwd(&self, xe: &mut CudaBuf, x: &CudaBuf, row_assign: &CudaIBuf, n_rows: usize, k: usize, d: usize) {
-        dispatch::fwd(self, xe, x, row_assign, (n_rows, k, d));
+    fn dispatch_fwd(&self, xe: &mut CudaBuf, x: &CudaBuf, r: &Routing<Cuda>, d: usize) {
+        dispatch::fwd(self, xe, x, &r.row_assign, (r.rows(), r.k, d));
     }
 
-    fn dispatch_bwd(&self, dx: &mut CudaBuf, dxe: &CudaBuf, row: &CudaIBuf, n: usize, k: usize, d: usize) {
-        dispatch::bwd(self, dx, dxe, row, (n, k, d));
+    fn dispatch_bwd(&self, dx: &mut CudaBuf, dxe: &CudaBuf, r: &Routing<Cuda>, d: usize) {
+        dispatch::bwd(self, dx, dxe, &r.row, (r.n, r.k, d));
     }
 
-    fn combine_fwd(
-        &self,
-        out: &mut CudaBuf,
-        ye: &CudaBuf,
-        row: &CudaIBuf,
-        gate: &CudaBuf,
-        n: usize,
-        k: usize,
-        d: usize,
-    ) {
-        dispatch::combine_fwd(self, out, ye, row, gate, (n, k, d));
+    fn combine_fwd(&self, out: &mut CudaBuf, ye: &CudaBuf, r: &Routing<Cuda>, d: usize) {
+        dispatch::combine_fwd(self, out, ye, &r.row, &r.gate, (r.n, r.k, d));
     }
 
     fn combine_bwd(
@@ -971,15 +951,10 @@ impl Backend for Cuda {
         dgate: &mut CudaBuf,
         dout: &CudaBuf,
         ye: &CudaBuf,
-        row: &CudaIBuf,
-        _row_assign: &CudaIBuf,
-        gate: &CudaBuf,
-        n_rows: usize,
-        n: usize,
-        k: usize,
+        r: &Routing<Cuda>,
         d: usize,
     ) {
-        dispatch::combine_bwd(self, dye, dgate, [dout, ye, gate], row, n_rows, (n, k, d));
+        dispatch::combine_bwd(self, dye, dgate, [dout, ye, &r.gate], &r.row, r.rows(), (r.n, r.k, d));
     }
 
     fn cross_entropy(
