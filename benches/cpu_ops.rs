@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchyard::backend::cpu::Cpu;
-use switchyard::backend::{AdamW, Backend, RouterParams, RouterStats, Routing};
+use switchyard::backend::{AdamW, AttnShape, Backend, Gemm, Grouped, RouterParams, RouterStats, Routing};
 use switchyard::model::{Model, Pass};
 use switchyard::train::optimizer::Optimizer;
 use switchyard::Config;
@@ -55,7 +55,7 @@ fn matmul(c: &mut Criterion) {
         let mut out = vec![0.0f32; m * n];
         g.throughput(Throughput::Elements((2 * m * k * n) as u64));
         g.bench_function(BenchmarkId::new("switchyard", label), |bench| {
-            bench.iter(|| be.matmul(&mut out, &a, &b, m, k, n, ta, false, false))
+            bench.iter(|| be.matmul(&mut out, &a, &b, Gemm::from_flags(m, k, n, ta, false, false)))
         });
         let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
         g.bench_function(BenchmarkId::new("gemm crate", label), |bench| {
@@ -101,13 +101,13 @@ fn other_ops(c: &mut Criterion) {
     // Causal attention FLOPs: 2 matmuls of T*T*hd/2 each, x2 FLOP/MAC.
     g.throughput(Throughput::Elements((2 * 2 * b * h * t * t * hd / 2) as u64));
     g.bench_function("attention_fwd tiny 32x64 h4 hd32", |bench| {
-        bench.iter(|| be.attention_fwd(&mut out, &mut lse, &qkv, b, t, h, hd))
+        bench.iter(|| be.attention_fwd(&mut out, &mut lse, &qkv, AttnShape { b, t, h, hd }))
     });
     let dout = values(b * t * d, 4);
     let mut dqkv = vec![0.0; b * t * 3 * d];
     g.throughput(Throughput::Elements((2 * 2 * b * h * t * t * hd) as u64));
     g.bench_function("attention_bwd tiny 32x64 h4 hd32", |bench| {
-        bench.iter(|| be.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, b, t, h, hd))
+        bench.iter(|| be.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, AttnShape { b, t, h, hd }))
     });
     let rows = b * t;
     let x = values(rows * d, 5);
@@ -318,12 +318,14 @@ fn moe(c: &mut Criterion) {
         (vec![0.0; nk * F], vec![0.0; nk * D], vec![0.0; e * D * F], vec![0.0; e * F]);
     g.throughput(Throughput::Elements((2 * rows * D * F) as u64));
     g.bench_function("grouped_matmul 4096 rows E8 128x512", |bench| {
-        bench.iter(|| be.grouped_matmul(&mut y, &xe, &w, &b, &r.offsets, e, D, F))
+        bench.iter(|| be.grouped_matmul(&mut y, &xe, &w, &b, &r.offsets, Grouped { e, k: D, n: F }))
     });
     // dx = dy w^T and dw += x^T dy: two matmuls of the forward's size.
     g.throughput(Throughput::Elements((4 * rows * D * F) as u64));
     g.bench_function("grouped_matmul_bwd 4096 rows E8 128x512", |bench| {
-        bench.iter(|| be.grouped_matmul_bwd(&mut dxg, &mut dw, &mut db, &dy, &xe, &w, &r.offsets, e, D, F))
+        bench.iter(|| {
+            be.grouped_matmul_bwd(&mut dxg, &mut dw, &mut db, &dy, &xe, &w, &r.offsets, Grouped { e, k: D, n: F })
+        })
     });
     g.finish();
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use criterion::Criterion;
 use switchyard::backend::cuda::{self, Cuda, CudaBuf};
-use switchyard::backend::{Backend, RouterParams, RouterStats, Routing};
+use switchyard::backend::{Backend, Gemm, Grouped, RouterParams, RouterStats, Routing};
 use switchyard::config::capacity;
 
 /// Sizes of one run: tokens, d_model, d_ff.
@@ -172,20 +172,28 @@ impl Layer {
         let [gw1, gb1, gw2, gb2, gwr] = &mut self.gw;
         match p {
             Phase::RouterFwd => {
-                g.matmul_fp32(&mut self.logits, &self.x, &self.wr, n, d, e, false, false, false);
+                g.matmul(&mut self.logits, &self.x, &self.wr, Gemm::new(n, d, e).fp32());
                 g.router_fwd(&mut self.r, &self.logits, &self.rp);
             }
             Phase::DispatchFwd => g.dispatch_fwd(&mut self.xe, &self.x, &self.r, d),
             Phase::ExpertFwd => {
-                g.grouped_matmul_gelu(&mut self.he, &mut self.ae, &self.xe, w1, b1, &self.r.offsets, e, d, f);
-                g.grouped_matmul(&mut self.ye, &self.ae, w2, b2, &self.r.offsets, e, f, d);
+                g.grouped_matmul_gelu(
+                    &mut self.he,
+                    &mut self.ae,
+                    &self.xe,
+                    w1,
+                    b1,
+                    &self.r.offsets,
+                    Grouped { e, k: d, n: f },
+                );
+                g.grouped_matmul(&mut self.ye, &self.ae, w2, b2, &self.r.offsets, Grouped { e, k: f, n: d });
             }
             Phase::CombineFwd => g.combine_fwd(&mut self.out, &self.ye, &self.r, d),
             Phase::CombineBwd => g.combine_bwd(&mut self.dye, &mut self.dgate, &self.dout, &self.ye, &self.r, d),
             Phase::ExpertBwd => {
                 let (dy, act, pre, off) = (&self.dye, &self.ae, &self.he, &self.r.offsets);
-                g.grouped_matmul_bwd_gelu(&mut self.dhe, gw2, gb2, dy, act, w2, pre, off, e, f, d);
-                g.grouped_matmul_bwd(&mut self.dxe, gw1, gb1, &self.dhe, &self.xe, w1, off, e, d, f);
+                g.grouped_matmul_bwd_gelu(&mut self.dhe, gw2, gb2, dy, act, w2, pre, off, Grouped { e, k: f, n: d });
+                g.grouped_matmul_bwd(&mut self.dxe, gw1, gb1, &self.dhe, &self.xe, w1, off, Grouped { e, k: d, n: f });
             }
             Phase::DispatchBwd => {
                 g.zero(&mut self.dx);
@@ -193,8 +201,8 @@ impl Layer {
             }
             Phase::RouterBwd => {
                 g.router_bwd(&mut self.dlogits, &self.dgate, &self.logits, &self.r, &self.rp, 1.0);
-                g.matmul_fp32(gwr, &self.x, &self.dlogits, d, n, e, true, false, true);
-                g.matmul_fp32(&mut self.dx, &self.dlogits, &self.wr, n, e, d, false, true, true);
+                g.matmul(gwr, &self.x, &self.dlogits, Gemm::new(d, n, e).ta().add().fp32());
+                g.matmul(&mut self.dx, &self.dlogits, &self.wr, Gemm::new(n, e, d).tb().add().fp32());
             }
         }
     }
@@ -236,12 +244,12 @@ impl Dense {
         let (r, d, f) = (self.rows, self.s.d, self.s.f);
         let [x, w1, act, w2, dy] = &self.ins;
         let [h, y, dact, dw2, dx, dw1] = &mut self.outs;
-        g.matmul(h, x, w1, r, d, f, false, false, false);
-        g.matmul(y, act, w2, r, f, d, false, false, false);
-        g.matmul(dact, dy, w2, r, d, f, false, true, false);
-        g.matmul(dw2, act, dy, f, r, d, true, false, true);
-        g.matmul(dx, act, w1, r, f, d, false, true, false);
-        g.matmul(dw1, x, act, d, r, f, true, false, true);
+        g.matmul(h, x, w1, Gemm::new(r, d, f));
+        g.matmul(y, act, w2, Gemm::new(r, f, d));
+        g.matmul(dact, dy, w2, Gemm::new(r, d, f).tb());
+        g.matmul(dw2, act, dy, Gemm::new(f, r, d).ta().add());
+        g.matmul(dx, act, w1, Gemm::new(r, f, d).tb());
+        g.matmul(dw1, x, act, Gemm::new(d, r, f).ta().add());
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use switchyard::backend::cuda::{self, AttentionShape, Cuda, CudaBuf, CudaIBuf};
-use switchyard::backend::{AdamW, Backend};
+use switchyard::backend::{AdamW, Backend, Gemm};
 
 /// What a benchmark runs.
 #[derive(Clone, Copy)]
@@ -74,7 +74,7 @@ fn run(g: &Cuda, b: &mut Bufs, kind: Kind) {
         Kind::Copy => g.copy(&mut b.copy.1, &b.copy.0),
         Kind::Gemm => {
             let (a, bb, c, n) = (&b.gemm.0, &b.gemm.1, &mut b.gemm.2, b.gemm.3);
-            g.matmul(c, a, bb, n, n, n, false, false, false)
+            g.matmul(c, a, bb, Gemm::new(n, n, n))
         }
         Kind::AttnFwd(i, s) => {
             let [qkv, _, out, lse, _] = &mut b.attn[i];

@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{AdamW, Backend, RouterParams, RouterStats, Routing};
+use crate::backend::{AdamW, AttnShape, Backend, Gemm, Grouped, RouterParams, RouterStats, Routing};
 use crate::{Error, Result};
 
 /// Untimed calls before the timed ones (first-touch faults, lazy kernel
@@ -397,7 +397,7 @@ fn gemm_ceiling<B: Backend>(be: &B, repeats: usize) -> Result<(f64, usize)> {
         let a = filled(be, n * n, "gemm ceiling a", || rng.uniform() - 0.5)?;
         let b = filled(be, n * n, "gemm ceiling b", || rng.uniform() - 0.5)?;
         let mut c = be.alloc(n * n, "gemm ceiling c")?;
-        let mut gemm = || be.matmul(&mut c, &a, &b, n, n, n, false, false, false);
+        let mut gemm = || be.matmul(&mut c, &a, &b, Gemm::new(n, n, n));
         let probe = time_ms(be, 1, &mut gemm)?;
         if probe < GEMM_GROW_BELOW_MS && side < GEMM_MAX {
             side *= 2;
@@ -509,13 +509,13 @@ fn dense<B: Backend>(t: &mut Table<B>, s: &Shapes) -> Result<()> {
     let mut y = be.alloc(n * f, "y")?;
     let mut dw = be.alloc(d * f, "dw")?;
     t.measure("matmul", format!("{n}x{d} @ {d}x{f}"), Cost::compute(2 * n * d * f, n * d + d * f + n * f), || {
-        be.matmul(&mut y, &x, &w, n, d, f, false, false, false)
+        be.matmul(&mut y, &x, &w, Gemm::new(n, d, f))
     });
     t.measure(
         "matmul_dw",
         format!("({n}x{d})^T @ {n}x{f} +="),
         Cost::compute(2 * d * n * f, n * d + n * f + 2 * d * f),
-        || be.matmul(&mut dw, &x, &dy, d, n, f, true, false, true),
+        || be.matmul(&mut dw, &x, &dy, Gemm::new(d, n, f).ta().add()),
     );
     Ok(())
 }
@@ -671,7 +671,7 @@ fn attention<B: Backend>(t: &mut Table<B>, s: &Shapes) -> Result<()> {
     let mut lse = be.alloc(b * h * seq, "lse")?;
     let mut dqkv = be.alloc(n * 3 * d, "dqkv")?;
     // The backward needs the forward's output and lse even when only it is selected.
-    be.attention_fwd(&mut out, &mut lse, &qkv, b, seq, h, hd);
+    be.attention_fwd(&mut out, &mut lse, &qkv, AttnShape { b, t: seq, h, hd });
     if let Err(e) = be.check() {
         t.skip_all(OPS, &e);
         return Ok(());
@@ -679,13 +679,13 @@ fn attention<B: Backend>(t: &mut Table<B>, s: &Shapes) -> Result<()> {
     let fwd = 4 * b * h * seq * seq * hd / 2;
     let shape = format!("b {b} t {seq} h {h} hd {hd} causal");
     t.measure("attention_fwd", shape.clone(), Cost::compute(fwd, 3 * n * d + n * d + b * h * seq), || {
-        be.attention_fwd(&mut out, &mut lse, &qkv, b, seq, h, hd)
+        be.attention_fwd(&mut out, &mut lse, &qkv, AttnShape { b, t: seq, h, hd })
     });
     t.measure(
         "attention_bwd",
         shape,
         Cost::compute(fwd * 5 / 2, 3 * n * d + 2 * n * d + b * h * seq + 3 * n * d),
-        || be.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, b, seq, h, hd),
+        || be.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, AttnShape { b, t: seq, h, hd }),
     );
     Ok(())
 }
@@ -774,13 +774,13 @@ fn moe<B: Backend>(t: &mut Table<B>, s: &Shapes) -> Result<()> {
         "grouped_matmul",
         experts.clone(),
         Cost::compute(2 * rows * d * f, rows * d + weights + rows * f),
-        || be.grouped_matmul(&mut y, &xe, &w, &b, &r.offsets, e, d, f),
+        || be.grouped_matmul(&mut y, &xe, &w, &b, &r.offsets, Grouped { e, k: d, n: f }),
     );
     t.measure(
         "grouped_matmul_bwd",
         experts,
         Cost::compute(4 * rows * d * f, 2 * rows * d + rows * f + 3 * e * d * f + 2 * e * f + e + 1),
-        || be.grouped_matmul_bwd(&mut dxg, &mut dw, &mut db, &dy, &xe, &w, &r.offsets, e, d, f),
+        || be.grouped_matmul_bwd(&mut dxg, &mut dw, &mut db, &dy, &xe, &w, &r.offsets, Grouped { e, k: d, n: f }),
     );
     Ok(())
 }

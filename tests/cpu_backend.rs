@@ -9,7 +9,7 @@ mod common;
 
 use common::{micro_config, rng, tokens, uniform};
 use switchyard::backend::cpu::Cpu;
-use switchyard::backend::Backend;
+use switchyard::backend::{AttnShape, Backend, Gemm};
 use switchyard::model::{Model, Pass};
 
 #[test]
@@ -21,7 +21,7 @@ fn attention_matches_naive_f64_reference() {
     let qkv = uniform(&mut g, b * t * 3 * d, 2.0);
     let mut out = vec![f32::NAN; b * t * d];
     let mut lse = vec![f32::NAN; b * h * t];
-    be.attention_fwd(&mut out, &mut lse, &qkv, b, t, h, hd);
+    be.attention_fwd(&mut out, &mut lse, &qkv, AttnShape { b, t, h, hd });
     let scale = 1.0 / (hd as f64).sqrt();
     let at = |bi: usize, ti: usize, part: usize, hi: usize, i: usize| {
         qkv[(bi * t + ti) * 3 * d + part * d + hi * hd + i] as f64
@@ -58,9 +58,9 @@ fn matmul_is_thread_count_invariant() {
     let run = |threads| {
         let be = Cpu::new(threads).unwrap();
         let mut c = vec![0.0; m * n];
-        be.matmul(&mut c, &a, &b, m, k, n, false, false, false);
+        be.matmul(&mut c, &a, &b, Gemm::new(m, k, n));
         let mut ct = vec![0.0; k * n];
-        be.matmul(&mut ct, &a, &c, k, m, n, true, false, false);
+        be.matmul(&mut ct, &a, &c, Gemm::new(k, m, n).ta());
         (c, ct)
     };
     let one = run(1);

@@ -24,7 +24,7 @@ use common::gpu::{assert_bits, assert_close, bf16_copy, bf16_round, gpu, poisone
 use rand::Rng;
 use switchyard::backend::cpu::{activation::gelu, router::jitter_mult, Cpu};
 use switchyard::backend::cuda::{self, Cuda};
-use switchyard::backend::{Backend, RouterParams, RouterStats, Routing};
+use switchyard::backend::{Backend, Grouped, RouterParams, RouterStats, Routing};
 use switchyard::config::capacity;
 use switchyard::Config;
 
@@ -323,9 +323,9 @@ fn grouped_gemm_forward_matches_the_cpu() {
         let what = format!("E={e} {k}x{n} rows {counts:?} + {slack}");
 
         let mut want = vec![f32::NAN; m * n];
-        c.grouped_matmul(&mut want, &x, &w, &b, &offsets, e, k, n);
+        c.grouped_matmul(&mut want, &x, &w, &b, &offsets, Grouped { e, k, n });
         let mut got = poisoned(&g, m * n);
-        g.grouped_matmul(&mut got, &gx, &gw, &gb, &goff, e, k, n);
+        g.grouped_matmul(&mut got, &gx, &gw, &gb, &goff, Grouped { e, k, n });
         g.check().unwrap();
         let got = g.download(&got);
         assert_close(&format!("grouped fwd {what}"), used_rows(&got, used, n), used_rows(&want, used, n), 1e-4);
@@ -333,7 +333,7 @@ fn grouped_gemm_forward_matches_the_cpu() {
 
         // Fused bias + GELU: act is exactly the CPU's gelu of the kernel's own pre.
         let (mut pre, mut act) = (poisoned(&g, m * n), poisoned(&g, m * n));
-        g.grouped_matmul_gelu(&mut pre, &mut act, &gx, &gw, &gb, &goff, e, k, n);
+        g.grouped_matmul_gelu(&mut pre, &mut act, &gx, &gw, &gb, &goff, Grouped { e, k, n });
         g.check().unwrap();
         let (gpre, gact) = (g.download(&pre), g.download(&act));
         assert_close(
@@ -369,11 +369,21 @@ fn grouped_gemm_backward_matches_the_cpu() {
             let (mut dx, mut dw, mut db) = (vec![f32::NAN; m * k], dw0.clone(), db0.clone());
             let (mut gdx, mut gdw, mut gdb) = (poisoned(&g, m * k), up(&g, &dw0), up(&g, &db0));
             if fused {
-                c.grouped_matmul_bwd_gelu(&mut dx, &mut dw, &mut db, &dy, &x, &w, &pre, &offsets, e, k, n);
-                g.grouped_matmul_bwd_gelu(&mut gdx, &mut gdw, &mut gdb, &gdy, &gx, &gw, &gpre, &goff, e, k, n);
+                c.grouped_matmul_bwd_gelu(&mut dx, &mut dw, &mut db, &dy, &x, &w, &pre, &offsets, Grouped { e, k, n });
+                g.grouped_matmul_bwd_gelu(
+                    &mut gdx,
+                    &mut gdw,
+                    &mut gdb,
+                    &gdy,
+                    &gx,
+                    &gw,
+                    &gpre,
+                    &goff,
+                    Grouped { e, k, n },
+                );
             } else {
-                c.grouped_matmul_bwd(&mut dx, &mut dw, &mut db, &dy, &x, &w, &offsets, e, k, n);
-                g.grouped_matmul_bwd(&mut gdx, &mut gdw, &mut gdb, &gdy, &gx, &gw, &goff, e, k, n);
+                c.grouped_matmul_bwd(&mut dx, &mut dw, &mut db, &dy, &x, &w, &offsets, Grouped { e, k, n });
+                g.grouped_matmul_bwd(&mut gdx, &mut gdw, &mut gdb, &gdy, &gx, &gw, &goff, Grouped { e, k, n });
             }
             g.check().unwrap();
             let tag = if fused { "bwd+gelu" } else { "bwd" };
@@ -424,9 +434,7 @@ fn moe_kernels_refuse_what_they_do_not_support() {
         &up(&g, &[0.5; 12 * 12]),
         &up(&g, &[0.0; 12]),
         &offsets,
-        1,
-        12,
-        12,
+        Grouped { e: 1, k: 12, n: 12 },
     );
     let e = g.check().unwrap_err().to_string();
     assert!(e.contains("multiples of 8"), "{e}");

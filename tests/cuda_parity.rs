@@ -18,7 +18,7 @@ mod common;
 use common::gpu::{assert_close, bf16_round, gpu, poisoned, up, up_i};
 use rand::Rng;
 use switchyard::backend::cuda::{self, AttentionShape};
-use switchyard::backend::{AdamW, Backend};
+use switchyard::backend::{AdamW, AttnShape, Backend, DecodeShape, Gemm};
 
 const F32_BOUND: f64 = 1e-5;
 
@@ -203,9 +203,9 @@ fn matmul_matches() {
             let b = bf16_round(&common::normal(&mut r, k * n));
             let c0 = common::normal(&mut r, m * n);
             let mut want = c0.clone();
-            c.matmul(&mut want, &a, &b, m, k, n, ta, tb, acc);
+            c.matmul(&mut want, &a, &b, Gemm::from_flags(m, k, n, ta, tb, acc));
             let mut gc = if acc { up(&g, &c0) } else { poisoned(&g, m * n) };
-            g.matmul(&mut gc, &up(&g, &a), &up(&g, &b), m, k, n, ta, tb, acc);
+            g.matmul(&mut gc, &up(&g, &a), &up(&g, &b), Gemm::from_flags(m, k, n, ta, tb, acc));
             let what = format!("matmul {m}x{k}x{n} ta={ta} tb={tb} acc={acc}");
             assert_close(&what, &g.download(&gc), &want, 1e-4);
         }
@@ -227,16 +227,16 @@ fn attention_causal_matches_cpu() {
         let qkv = bf16_round(&common::normal(&mut r, n * 3 * d));
         let dout = bf16_round(&common::normal(&mut r, n * d));
         let (mut out, mut lse, mut dqkv) = (vec![0.0; n * d], vec![0.0; b * h * t], vec![0.0; n * 3 * d]);
-        c.attention_fwd(&mut out, &mut lse, &qkv, b, t, h, hd);
-        c.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, b, t, h, hd);
+        c.attention_fwd(&mut out, &mut lse, &qkv, AttnShape { b, t, h, hd });
+        c.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, AttnShape { b, t, h, hd });
         let gq = up(&g, &qkv);
         let (mut go, mut gl) = (poisoned(&g, n * d), poisoned(&g, b * h * t));
-        g.attention_fwd(&mut go, &mut gl, &gq, b, t, h, hd);
+        g.attention_fwd(&mut go, &mut gl, &gq, AttnShape { b, t, h, hd });
         let what = format!("b={b} t={t} h={h} hd={hd}");
         assert_close(&format!("attention out {what}"), &g.download(&go), &out, 2e-2);
         assert_close(&format!("attention lse {what}"), &g.download(&gl), &lse, 1e-3);
         let mut gd = poisoned(&g, n * 3 * d);
-        g.attention_bwd(&mut gd, &up(&g, &dout), &gq, &go, &gl, b, t, h, hd);
+        g.attention_bwd(&mut gd, &up(&g, &dout), &gq, &go, &gl, AttnShape { b, t, h, hd });
         let got = g.download(&gd);
         // Check dq, dk and dv separately: a wrong third hides in the total norm.
         for (part, name) in ["dq", "dk", "dv"].iter().enumerate() {
@@ -306,7 +306,7 @@ fn unsupported_shapes_are_refused_before_launch() {
     // And on a GPU, a launch with an unsupported head_dim is refused, not run.
     let Some((g, _)) = gpu("unsupported_shapes_are_refused_before_launch (device part)") else { return };
     let (mut o, mut l) = (poisoned(&g, 96), poisoned(&g, 1));
-    g.attention_fwd(&mut o, &mut l, &up(&g, &vec![0.5; 3 * 96]), 1, 1, 1, 96);
+    g.attention_fwd(&mut o, &mut l, &up(&g, &vec![0.5; 3 * 96]), AttnShape { b: 1, t: 1, h: 1, hd: 96 });
     let e = g.check().unwrap_err().to_string();
     assert!(e.contains("head_dim 96"), "{e}");
 }
@@ -328,13 +328,13 @@ fn inference_kernels_match() {
         let (mut kc, mut vc) = (kc0.clone(), vc0.clone());
         c.kv_append(&mut kc, &mut vc, &qkv, &slots, n_seq, h, hd);
         let mut out = vec![0.0; n_seq * d];
-        c.attention_decode(&mut out, &qkv, &kc, &vc, &lens.to_vec(), n_seq, h, hd, max_t);
+        c.attention_decode(&mut out, &qkv, &kc, &vc, &lens.to_vec(), DecodeShape { n_seq, h, hd, max_t });
         let (mut gk, mut gv, gq) = (up(&g, &kc0), up(&g, &vc0), up(&g, &qkv));
         g.kv_append(&mut gk, &mut gv, &gq, &up_i(&g, &slots), n_seq, h, hd);
         assert_eq!(g.download(&gk), kc, "kv_append keys are copies");
         assert_eq!(g.download(&gv), vc, "kv_append values are copies");
         let mut go = poisoned(&g, n_seq * d);
-        g.attention_decode(&mut go, &gq, &gk, &gv, &up_i(&g, lens), n_seq, h, hd, max_t);
+        g.attention_decode(&mut go, &gq, &gk, &gv, &up_i(&g, lens), DecodeShape { n_seq, h, hd, max_t });
         assert_close(&format!("attention_decode {n_seq}x{h}x{hd} lens {lens:?}"), &g.download(&go), &out, F32_BOUND);
         g.check().unwrap();
     }

@@ -20,7 +20,7 @@ mod common;
 
 use common::{normal, rel_err, rng, uniform};
 use switchyard::backend::cpu::Cpu;
-use switchyard::backend::{Backend, RouterParams, RouterStats, Routing};
+use switchyard::backend::{AttnShape, Backend, Gemm, Grouped, RouterParams, RouterStats, Routing};
 
 const H: f32 = 1e-2;
 const TOL: f64 = 1e-2;
@@ -109,14 +109,14 @@ fn linear_matmul_and_bias() {
     let dout = normal(&mut r, m * n);
     let fwd = |a: &[f32], w: &[f32], bias: &[f32]| {
         let mut o = vec![0.0; m * n];
-        be.matmul(&mut o, &a.to_vec(), &w.to_vec(), m, k, n, false, false, false);
+        be.matmul(&mut o, &a.to_vec(), &w.to_vec(), Gemm::new(m, k, n));
         be.add_bias(&mut o, &bias.to_vec(), m, n);
         o
     };
     let mut da = vec![0.0; m * k];
-    be.matmul(&mut da, &dout, &w, m, n, k, false, true, false);
+    be.matmul(&mut da, &dout, &w, Gemm::new(m, n, k).tb());
     let mut dw = vec![0.0; k * n];
-    be.matmul(&mut dw, &a, &dout, k, m, n, true, false, true);
+    be.matmul(&mut dw, &a, &dout, Gemm::new(k, m, n).ta().add());
     let mut db = vec![0.0; n];
     be.bias_grad(&mut db, &dout, m, n);
     let (w0, b0) = (w.clone(), bias.clone());
@@ -157,12 +157,12 @@ fn attention_ragged_causal() {
     let dout = normal(&mut r, b * t * d);
     let fwd = |qkv: &[f32]| {
         let (mut o, mut l) = (vec![0.0; b * t * d], vec![0.0; b * h * t]);
-        be.attention_fwd(&mut o, &mut l, &qkv.to_vec(), b, t, h, hd);
+        be.attention_fwd(&mut o, &mut l, &qkv.to_vec(), AttnShape { b, t, h, hd });
         (o, l)
     };
     let (out, lse) = fwd(&qkv);
     let mut dqkv = vec![f32::NAN; b * t * 3 * d];
-    be.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, b, t, h, hd);
+    be.attention_bwd(&mut dqkv, &dout, &qkv, &out, &lse, AttnShape { b, t, h, hd });
     check("attention dqkv", &mut qkv, &dqkv, |x| dot(&fwd(x).0, &dout));
 }
 
@@ -312,11 +312,11 @@ fn grouped_matmul() {
     let dout = normal(&mut r, m * n);
     let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
         let mut o = vec![f32::NAN; m * n];
-        be.grouped_matmul(&mut o, &x.to_vec(), &w.to_vec(), &b.to_vec(), &offsets, e, k, n);
+        be.grouped_matmul(&mut o, &x.to_vec(), &w.to_vec(), &b.to_vec(), &offsets, Grouped { e, k, n });
         o
     };
     let (mut dx, mut dw, mut db) = (vec![f32::NAN; m * k], vec![0.0; e * k * n], vec![0.0; e * n]);
-    be.grouped_matmul_bwd(&mut dx, &mut dw, &mut db, &dout, &x, &w, &offsets, e, k, n);
+    be.grouped_matmul_bwd(&mut dx, &mut dw, &mut db, &dout, &x, &w, &offsets, Grouped { e, k, n });
     let (w0, b0) = (w.clone(), b.clone());
     check("grouped dx", &mut x.clone(), &dx, |x| dot(&fwd(x, &w0, &b0), &dout));
     check("grouped dw", &mut w, &dw, |w| dot(&fwd(&x, w, &b0), &dout));
@@ -343,23 +343,23 @@ fn grouped_matmul_with_fused_gelu() {
     let dout = normal(&mut r, m * d);
     let ffn = |x: &[f32], w1: &[f32], w2: &[f32]| {
         let (mut h, mut a, mut y) = (vec![0.0; m * f], vec![0.0; m * f], vec![0.0; m * d]);
-        be.grouped_matmul_gelu(&mut h, &mut a, &x.to_vec(), &w1.to_vec(), &b1, &offsets, e, d, f);
-        be.grouped_matmul(&mut y, &a, &w2.to_vec(), &b2, &offsets, e, f, d);
+        be.grouped_matmul_gelu(&mut h, &mut a, &x.to_vec(), &w1.to_vec(), &b1, &offsets, Grouped { e, k: d, n: f });
+        be.grouped_matmul(&mut y, &a, &w2.to_vec(), &b2, &offsets, Grouped { e, k: f, n: d });
         (h, a, y)
     };
     let used = |v: &[f32]| -> f64 { dot(&v[..7 * d], &dout[..7 * d]) };
     let (h, a, _) = ffn(&x, &w1, &w2);
     let (mut dh, mut dw2, mut db2) = (vec![0.0; m * f], vec![0.0; e * f * d], vec![0.0; e * d]);
-    be.grouped_matmul_bwd_gelu(&mut dh, &mut dw2, &mut db2, &dout, &a, &w2, &h, &offsets, e, f, d);
+    be.grouped_matmul_bwd_gelu(&mut dh, &mut dw2, &mut db2, &dout, &a, &w2, &h, &offsets, Grouped { e, k: f, n: d });
     let (mut dx, mut dw1, mut db1) = (vec![0.0; m * d], vec![0.0; e * d * f], vec![0.0; e * f]);
-    be.grouped_matmul_bwd(&mut dx, &mut dw1, &mut db1, &dh, &x, &w1, &offsets, e, d, f);
+    be.grouped_matmul_bwd(&mut dx, &mut dw1, &mut db1, &dh, &x, &w1, &offsets, Grouped { e, k: d, n: f });
     let (x0, w10, w20) = (x.clone(), w1.clone(), w2.clone());
     check("ffn dx", &mut x, &dx[..], |x| used(&ffn(x, &w10, &w20).2));
     check("ffn dw1", &mut w1, &dw1, |w| used(&ffn(&x0, w, &w20).2));
     check("ffn dw2", &mut w2, &dw2, |w| used(&ffn(&x0, &w10, w).2));
     // The fused forward is gelu of the unfused product, bit for bit.
     let mut plain = vec![0.0; m * f];
-    be.grouped_matmul(&mut plain, &x0, &w10, &b1, &offsets, e, d, f);
+    be.grouped_matmul(&mut plain, &x0, &w10, &b1, &offsets, Grouped { e, k: d, n: f });
     let mut act = vec![0.0; m * f];
     be.gelu_fwd(&mut act, &plain, 7 * f);
     assert_eq!(&h[..7 * f], &plain[..7 * f]);

@@ -87,6 +87,141 @@ impl RouterStats {
     }
 }
 
+/// How a matmul operand is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trans {
+    /// As stored.
+    N,
+    /// Transposed: `op(x) = x^T`.
+    T,
+}
+
+/// Whether an op overwrites its output or adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acc {
+    /// `c = ...`.
+    Set,
+    /// `c += ...` (gradient accumulation).
+    Add,
+}
+
+/// The precision of a matmul's operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// The backend's fast path: bf16 operands with fp32 accumulation on CUDA
+    /// (DESIGN.md §3), f32 on the CPU.
+    Mixed,
+    /// fp32 operands and accumulation on every backend: the router's
+    /// selective precision (DESIGN.md §2.1 and §3), where bf16 logits would
+    /// perturb which expert a token picks.
+    Fp32,
+}
+
+/// One matmul, `c (=|+=) op(a) @ op(b)`: `op(a)` is `[m, k]` (stored `[k, m]`
+/// when transposed), `op(b)` is `[k, n]` (stored `[n, k]` when transposed),
+/// `c` is `[m, n]`. Built from [`Gemm::new`] (`c = a @ b`, mixed precision)
+/// and the modifiers: `Gemm::new(d, n, f).ta().add()` is `c += a^T @ b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    /// Rows of `op(a)` and `c`.
+    pub m: usize,
+    /// The reduced dimension.
+    pub k: usize,
+    /// Columns of `op(b)` and `c`.
+    pub n: usize,
+    /// How `a` is read.
+    pub a: Trans,
+    /// How `b` is read.
+    pub b: Trans,
+    /// `=` or `+=`.
+    pub acc: Acc,
+    /// Operand precision.
+    pub precision: Precision,
+}
+
+impl Gemm {
+    /// `c = a @ b` with `a`: `[m, k]`, `b`: `[k, n]`, mixed precision.
+    pub fn new(m: usize, k: usize, n: usize) -> Gemm {
+        Gemm { m, k, n, a: Trans::N, b: Trans::N, acc: Acc::Set, precision: Precision::Mixed }
+    }
+    /// Read `a` transposed (stored `[k, m]`).
+    pub fn ta(self) -> Gemm {
+        Gemm { a: Trans::T, ..self }
+    }
+    /// Read `b` transposed (stored `[n, k]`).
+    pub fn tb(self) -> Gemm {
+        Gemm { b: Trans::T, ..self }
+    }
+    /// Add into `c` instead of overwriting it.
+    pub fn add(self) -> Gemm {
+        Gemm { acc: Acc::Add, ..self }
+    }
+    /// fp32 operands on every backend.
+    pub fn fp32(self) -> Gemm {
+        Gemm { precision: Precision::Fp32, ..self }
+    }
+    /// `c (=|+=) op(a) @ op(b)` from flags (tests and benches that sweep the layouts).
+    pub fn from_flags(m: usize, k: usize, n: usize, ta: bool, tb: bool, acc: bool) -> Gemm {
+        let t = |f: bool| if f { Trans::T } else { Trans::N };
+        Gemm { a: t(ta), b: t(tb), acc: if acc { Acc::Add } else { Acc::Set }, ..Gemm::new(m, k, n) }
+    }
+    /// `(a transposed, b transposed, accumulate)` as flags.
+    pub fn flags(&self) -> (bool, bool, bool) {
+        (self.a == Trans::T, self.b == Trans::T, self.acc == Acc::Add)
+    }
+}
+
+/// One grouped (per-expert) GEMM's sizes: `e` experts, each multiplying its
+/// rows `[., k]` by its own `[k, n]` weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grouped {
+    /// Experts `E`.
+    pub e: usize,
+    /// Input width.
+    pub k: usize,
+    /// Output width.
+    pub n: usize,
+}
+
+/// One attention call's sizes: `b` sequences of `t` tokens, `h` heads of
+/// `hd` dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Sequences.
+    pub b: usize,
+    /// Tokens per sequence.
+    pub t: usize,
+    /// Heads.
+    pub h: usize,
+    /// Head dimension.
+    pub hd: usize,
+}
+
+impl AttnShape {
+    /// Token rows `b * t`.
+    pub fn rows(&self) -> usize {
+        self.b * self.t
+    }
+    /// Model width `h * hd`.
+    pub fn width(&self) -> usize {
+        self.h * self.hd
+    }
+}
+
+/// One decode step's sizes: `n_seq` sequences of one new token each, `h`
+/// heads of `hd`, caches of `max_t` positions per sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeShape {
+    /// Sequences (one query each).
+    pub n_seq: usize,
+    /// Heads.
+    pub h: usize,
+    /// Head dimension.
+    pub hd: usize,
+    /// Cache positions per sequence.
+    pub max_t: usize,
+}
+
 /// The routing of one MoE layer call over `n` tokens, `e` experts and top-`k`
 /// (DESIGN.md §2 steps 2-9): what [`Backend::router_fwd`] writes and
 /// dispatch, combine and the router backward read. Assignment `a = i*k + j`
@@ -207,40 +342,9 @@ pub trait Backend: Sync {
 
     // ---- matmul -------------------------------------------------------
 
-    /// `c (=|+=) op(a) @ op(b)`, `op(x) = x` or `x^T`.
-    ///
-    /// # Shapes
-    /// `op(a)`: `[m, k]` (stored `[k, m]` if `ta`), `op(b)`: `[k, n]` (stored
-    /// `[n, k]` if `tb`), `c`: `[m, n]`.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul(
-        &self,
-        c: &mut Self::Buf,
-        a: &Self::Buf,
-        b: &Self::Buf,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-        accumulate: bool,
-    );
-    /// As [`Backend::matmul`], with fp32 operands and accumulation on every
-    /// backend: the router's selective precision (DESIGN.md §2.1 and §3), where
-    /// bf16 logits would perturb which expert a token picks.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_fp32(
-        &self,
-        c: &mut Self::Buf,
-        a: &Self::Buf,
-        b: &Self::Buf,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-        accumulate: bool,
-    );
+    /// `c (=|+=) op(a) @ op(b)`: shapes, layouts, accumulation and operand
+    /// precision in `g` (see [`Gemm`]).
+    fn matmul(&self, c: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, g: Gemm);
 
     /// `out[r, :] += bias` for every row (`out`: `[rows, n]`, `bias`: `[n]`).
     fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
@@ -259,8 +363,8 @@ pub trait Backend: Sync {
     /// `offsets[e]..offsets[e+1]`; rows past `offsets[E]` are not written.
     ///
     /// # Shapes
-    /// `x`: `[M, k]`, `w`: `[E, k, n]`, `b`: `[E, n]`, `offsets`: `[E + 1]`, `out`: `[M, n]`.
-    #[allow(clippy::too_many_arguments)]
+    /// `x`: `[M, k]`, `w`: `[E, k, n]`, `b`: `[E, n]`, `offsets`: `[E + 1]`,
+    /// `out`: `[M, n]` (`E`, `k`, `n` from `g`).
     fn grouped_matmul(
         &self,
         out: &mut Self::Buf,
@@ -268,9 +372,7 @@ pub trait Backend: Sync {
         w: &Self::Buf,
         b: &Self::Buf,
         offsets: &Self::IBuf,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     );
     /// The experts' first layer with its activation fused:
     /// `pre[seg_e] = x[seg_e] @ w[e] + b[e]` and `act = gelu_tanh(pre)` (both `=`),
@@ -284,9 +386,7 @@ pub trait Backend: Sync {
         w: &Self::Buf,
         b: &Self::Buf,
         offsets: &Self::IBuf,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     );
     /// Backward of [`Backend::grouped_matmul`]: `dx[seg_e] = dy[seg_e] @ w[e]^T` (`=`),
     /// `dw[e] += x[seg_e]^T @ dy[seg_e]`, `db[e] += sum_rows dy[seg_e]`.
@@ -300,9 +400,7 @@ pub trait Backend: Sync {
         x: &Self::Buf,
         w: &Self::Buf,
         offsets: &Self::IBuf,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     );
     /// Backward of the experts' second layer `y = gelu(pre) @ w + b` through
     /// the activation: `dpre[seg_e] = (dy[seg_e] @ w[e]^T) * gelu_tanh'(pre[seg_e])`
@@ -321,9 +419,7 @@ pub trait Backend: Sync {
         w: &Self::Buf,
         pre: &Self::Buf,
         offsets: &Self::IBuf,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     );
 
     // ---- elementwise --------------------------------------------------
@@ -414,20 +510,9 @@ pub trait Backend: Sync {
     ///
     /// # Shapes
     /// `qkv`: `[B*T, 3*H*hd]` (q | k | v, head-major inside each), `out`:
-    /// `[B*T, H*hd]`, `lse`: `[B, H, T]`. Scale `1/sqrt(hd)`.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_fwd(
-        &self,
-        out: &mut Self::Buf,
-        lse: &mut Self::Buf,
-        qkv: &Self::Buf,
-        b: usize,
-        t: usize,
-        h: usize,
-        hd: usize,
-    );
+    /// `[B*T, H*hd]`, `lse`: `[B, H, T]` (sizes from `s`). Scale `1/sqrt(hd)`.
+    fn attention_fwd(&self, out: &mut Self::Buf, lse: &mut Self::Buf, qkv: &Self::Buf, s: AttnShape);
     /// Backward: recomputes P from q, k and `lse`; writes `dqkv` (`=`).
-    #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
         dqkv: &mut Self::Buf,
@@ -435,10 +520,7 @@ pub trait Backend: Sync {
         qkv: &Self::Buf,
         out: &Self::Buf,
         lse: &Self::Buf,
-        b: usize,
-        t: usize,
-        h: usize,
-        hd: usize,
+        s: AttnShape,
     );
 
     // ---- inference (KV cache) ------------------------------------------
@@ -476,15 +558,14 @@ pub trait Backend: Sync {
         h: usize,
         hd: usize,
     );
-    /// Decode attention: sequence `s` has one query (the q third of `qkv` row
-    /// `s`), attending to its cached keys and values `0..lens[s]` (rows
-    /// `s*max_t ..` of the caches; the query is the newest position, so all
-    /// are visible). `out[s]` (`=`).
+    /// Decode attention: sequence `i` has one query (the q third of `qkv` row
+    /// `i`), attending to its cached keys and values `0..lens[i]` (rows
+    /// `i*max_t ..` of the caches; the query is the newest position, so all
+    /// are visible). `out[i]` (`=`).
     ///
     /// # Shapes
     /// `qkv`: `[n_seq, 3*h*hd]`; caches: `[n_seq*max_t, h*hd]`; `lens`:
-    /// `[n_seq]` (each in `1..=max_t`); `out`: `[n_seq, h*hd]`.
-    #[allow(clippy::too_many_arguments)]
+    /// `[n_seq]` (each in `1..=max_t`); `out`: `[n_seq, h*hd]` (sizes from `s`).
     fn attention_decode(
         &self,
         out: &mut Self::Buf,
@@ -492,10 +573,7 @@ pub trait Backend: Sync {
         k_cache: &Self::Buf,
         v_cache: &Self::Buf,
         lens: &Self::IBuf,
-        n_seq: usize,
-        h: usize,
-        hd: usize,
-        max_t: usize,
+        s: DecodeShape,
     );
 
     // ---- router -------------------------------------------------------

@@ -16,7 +16,7 @@ pub mod sample;
 
 use std::collections::HashMap;
 
-use crate::backend::{Backend, RouterParams, RouterStats};
+use crate::backend::{AttnShape, Backend, DecodeShape, Gemm, RouterParams, RouterStats};
 use crate::config::capacity;
 use crate::model::ffn::{self, DenseBuffers};
 use crate::model::moe::{self, MoeBuffers, MoeShape};
@@ -261,10 +261,15 @@ impl<'m, B: Backend> Engine<'m, B> {
             let (kc, vc) = (&mut self.cache.k[l], &mut self.cache.v[l]);
             be.kv_append(kc, vc, &w.qkv, &w.slots, n, h, hd);
             match mode {
-                Mode::Prefill => be.attention_fwd(&mut w.att, &mut w.lse, &w.qkv, 1, n, h, hd),
-                Mode::Decode { .. } => {
-                    be.attention_decode(&mut w.att, &w.qkv, kc, vc, &w.lens, n, h, hd, self.cache.max_t)
-                }
+                Mode::Prefill => be.attention_fwd(&mut w.att, &mut w.lse, &w.qkv, AttnShape { b: 1, t: n, h, hd }),
+                Mode::Decode { .. } => be.attention_decode(
+                    &mut w.att,
+                    &w.qkv,
+                    kc,
+                    vc,
+                    &w.lens,
+                    DecodeShape { n_seq: n, h, hd, max_t: self.cache.max_t },
+                ),
             }
             attention::output_fwd(be, p, bi, &w.att, &mut w.y, n, d);
             be.copy(&mut w.mid, &w.x);
@@ -307,7 +312,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             be.add_inplace(&mut w.x, &w.y);
         }
         be.layernorm_fwd(&mut w.ln, &mut w.mean, &mut w.rstd, &w.x, &p[tb.lnf_w], &p[tb.lnf_b], n, d);
-        be.matmul(&mut w.logits, &w.ln, &p[tb.wte], n, d, v, false, true, false);
+        be.matmul(&mut w.logits, &w.ln, &p[tb.wte], Gemm::new(n, d, v).tb());
         be.check()?;
         Ok(be.download(&w.logits))
     }

@@ -5,40 +5,18 @@
 //! to how q, k and v are formed is made here once.
 
 use super::params::BlockIdx;
-use crate::backend::Backend;
+use crate::backend::{AttnShape, Backend, Gemm};
 
 /// `qkv = x @ W_qkv + b_qkv` (`=`); `x`: `[n, d]`, `qkv`: `[n, 3d]`.
 pub fn qkv_fwd<B: Backend>(be: &B, p: &[B::Buf], w: &BlockIdx, x: &B::Buf, qkv: &mut B::Buf, n: usize, d: usize) {
-    be.matmul(qkv, x, &p[w.qkv_w], n, d, 3 * d, false, false, false);
+    be.matmul(qkv, x, &p[w.qkv_w], Gemm::new(n, d, 3 * d));
     be.add_bias(qkv, &p[w.qkv_b], n, 3 * d);
 }
 
 /// `out = att @ W_o + b_o` (`=`); `att`, `out`: `[n, d]`.
 pub fn output_fwd<B: Backend>(be: &B, p: &[B::Buf], w: &BlockIdx, att: &B::Buf, out: &mut B::Buf, n: usize, d: usize) {
-    be.matmul(out, att, &p[w.proj_w], n, d, d, false, false, false);
+    be.matmul(out, att, &p[w.proj_w], Gemm::new(n, d, d));
     be.add_bias(out, &p[w.proj_b], n, d);
-}
-
-/// Sizes of a training call: `b` sequences of `t` tokens, `h` heads of `hd`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttnShape {
-    /// Sequences.
-    pub b: usize,
-    /// Tokens per sequence.
-    pub t: usize,
-    /// Heads.
-    pub h: usize,
-    /// Head size.
-    pub hd: usize,
-}
-
-impl AttnShape {
-    fn rows(&self) -> usize {
-        self.b * self.t
-    }
-    fn width(&self) -> usize {
-        self.h * self.hd
-    }
 }
 
 /// Training forward: `out = proj(attention(qkv(x)))` (`=`), keeping `qkv`
@@ -56,7 +34,7 @@ pub fn forward<B: Backend>(
 ) {
     let (n, d) = (s.rows(), s.width());
     qkv_fwd(be, p, w, x, qkv, n, d);
-    be.attention_fwd(att, lse, qkv, s.b, s.t, s.h, s.hd);
+    be.attention_fwd(att, lse, qkv, s);
     output_fwd(be, p, w, att, out, n, d);
 }
 
@@ -76,11 +54,11 @@ pub fn backward<B: Backend>(
     s: AttnShape,
 ) {
     let (n, d) = (s.rows(), s.width());
-    be.matmul(dx, dout, &p[w.proj_w], n, d, d, false, true, false);
-    be.matmul(&mut g[w.proj_w], att, dout, d, n, d, true, false, true);
+    be.matmul(dx, dout, &p[w.proj_w], Gemm::new(n, d, d).tb());
+    be.matmul(&mut g[w.proj_w], att, dout, Gemm::new(d, n, d).ta().add());
     be.bias_grad(&mut g[w.proj_b], dout, n, d);
-    be.attention_bwd(dqkv, dx, qkv, att, lse, s.b, s.t, s.h, s.hd);
-    be.matmul(dx, dqkv, &p[w.qkv_w], n, 3 * d, d, false, true, false);
-    be.matmul(&mut g[w.qkv_w], x, dqkv, d, n, 3 * d, true, false, true);
+    be.attention_bwd(dqkv, dx, qkv, att, lse, s);
+    be.matmul(dx, dqkv, &p[w.qkv_w], Gemm::new(n, 3 * d, d).tb());
+    be.matmul(&mut g[w.qkv_w], x, dqkv, Gemm::new(d, n, 3 * d).ta().add());
     be.bias_grad(&mut g[w.qkv_b], dqkv, n, 3 * d);
 }

@@ -2,7 +2,7 @@
 //! forward and backward; training, evaluation and inference run this one.
 
 use super::params::DenseIdx;
-use crate::backend::Backend;
+use crate::backend::{Backend, Gemm};
 use crate::Result;
 
 /// Activations of one dense MLP for calls over `n` rows.
@@ -33,9 +33,9 @@ pub fn forward<B: Backend>(
     d: usize,
     f: usize,
 ) {
-    be.matmul(&mut buf.pre, x, &p[w.fc_w], n, d, f, false, false, false);
+    be.matmul(&mut buf.pre, x, &p[w.fc_w], Gemm::new(n, d, f));
     be.bias_gelu_fwd(&mut buf.pre, &mut buf.act, &p[w.fc_b], n, f);
-    be.matmul(out, &buf.act, &p[w.proj_w], n, f, d, false, false, false);
+    be.matmul(out, &buf.act, &p[w.proj_w], Gemm::new(n, f, d));
     be.add_bias(out, &p[w.proj_b], n, d);
 }
 
@@ -56,11 +56,11 @@ pub fn backward<B: Backend>(
     d: usize,
     f: usize,
 ) {
-    be.matmul(dff, dout, &p[w.proj_w], n, d, f, false, true, false);
-    be.matmul(&mut g[w.proj_w], &buf.act, dout, f, n, d, true, false, true);
+    be.matmul(dff, dout, &p[w.proj_w], Gemm::new(n, d, f).tb());
+    be.matmul(&mut g[w.proj_w], &buf.act, dout, Gemm::new(f, n, d).ta().add());
     be.bias_grad(&mut g[w.proj_b], dout, n, d);
     be.gelu_bwd(dff2, dff, &buf.pre, n * f);
-    be.matmul(dx, dff2, &p[w.fc_w], n, f, d, false, true, false);
-    be.matmul(&mut g[w.fc_w], x, dff2, d, n, f, true, false, true);
+    be.matmul(dx, dff2, &p[w.fc_w], Gemm::new(n, f, d).tb());
+    be.matmul(&mut g[w.fc_w], x, dff2, Gemm::new(d, n, f).ta().add());
     be.bias_grad(&mut g[w.fc_b], dff2, n, f);
 }

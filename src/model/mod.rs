@@ -15,11 +15,10 @@ pub mod ffn;
 pub mod moe;
 pub mod params;
 
-use crate::backend::{Backend, RouterParams, RouterStats};
+use crate::backend::{AttnShape, Backend, Gemm, RouterParams, RouterStats};
 use crate::config::{capacity, Config};
 use crate::Result;
 use acts::{Acts, FfnActs};
-use attention::AttnShape;
 use moe::Jitter;
 pub use params::{init_values, mix, BlockIdx, DenseIdx, FfnIdx, MoeIdx, ParamKind, ParamSpec, ParamTable};
 
@@ -258,7 +257,7 @@ impl<B: Backend> Model<B> {
         // logits = LN_f(h) @ wte^T, fused CE (+ its gradient when training)
         let h_last = &a.resid[tb.blocks.len()];
         be.layernorm_fwd(&mut a.lnf, &mut a.lnf_mean, &mut a.lnf_rstd, h_last, &p[tb.lnf_w], &p[tb.lnf_b], n, d);
-        be.matmul(&mut a.logits, &a.lnf, &p[tb.wte], n, d, v, false, true, false);
+        be.matmul(&mut a.logits, &a.lnf, &p[tb.wte], Gemm::new(n, d, v).tb());
         let dlogits = match pass {
             Pass::Train { loss_weight, .. } => Some((&mut a.dlogits, loss_weight / n as f32)),
             Pass::Eval => None,
@@ -285,8 +284,8 @@ impl<B: Backend> Model<B> {
         let tb = &self.table;
         let a = self.acts.as_mut().expect("ensured");
         // logits = lnf @ wte^T
-        be.matmul(&mut a.dlnf, &a.dlogits, &p[tb.wte], n, v, d, false, false, false);
-        be.matmul(&mut g[tb.wte], &a.dlogits, &a.lnf, v, n, d, true, false, true);
+        be.matmul(&mut a.dlnf, &a.dlogits, &p[tb.wte], Gemm::new(n, v, d));
+        be.matmul(&mut g[tb.wte], &a.dlogits, &a.lnf, Gemm::new(v, n, d).ta().add());
         be.zero(&mut a.dres);
         {
             let (gw, gb) = two_mut(g, tb.lnf_w, tb.lnf_b);

@@ -12,7 +12,7 @@
 //! ```
 
 use super::params::MoeIdx;
-use crate::backend::{Backend, RouterParams, Routing};
+use crate::backend::{Backend, Gemm, Grouped, RouterParams, Routing};
 use crate::Result;
 
 /// Sizes of the calls a set of [`MoeBuffers`] serves.
@@ -147,14 +147,22 @@ pub fn forward<B: Backend>(
         (None, _) => x,
     };
     buf.jittered = jitter.is_some();
-    be.matmul_fp32(&mut buf.logits, u, &p[w.router], buf.shape.n, d, e, false, false, false);
+    be.matmul(&mut buf.logits, u, &p[w.router], Gemm::new(buf.shape.n, d, e).fp32());
     // 2-5, 8-9: softmax, top-k, gates, slots, statistics
     be.router_fwd(&mut buf.routing, &buf.logits, rp);
     // 6. experts over their kept slots, expert-contiguous
     let r = &buf.routing;
     be.dispatch_fwd(&mut buf.xe, x, r, d);
-    be.grouped_matmul_gelu(&mut buf.he, &mut buf.ae, &buf.xe, &p[w.fc_w], &p[w.fc_b], &r.offsets, e, d, f);
-    be.grouped_matmul(&mut buf.ye, &buf.ae, &p[w.proj_w], &p[w.proj_b], &r.offsets, e, f, d);
+    be.grouped_matmul_gelu(
+        &mut buf.he,
+        &mut buf.ae,
+        &buf.xe,
+        &p[w.fc_w],
+        &p[w.fc_b],
+        &r.offsets,
+        Grouped { e, k: d, n: f },
+    );
+    be.grouped_matmul(&mut buf.ye, &buf.ae, &p[w.proj_w], &p[w.proj_b], &r.offsets, Grouped { e, k: f, n: d });
     // 7. combine, weighted by the gates; dropped tokens get 0
     be.combine_fwd(out, &buf.ye, r, d);
 }
@@ -185,11 +193,21 @@ pub fn backward<B: Backend>(
     {
         // through the second expert layer and the GELU: dhe = (dye W2^T) * gelu'(he)
         let (gw, gb) = super::two_mut(g, w.proj_w, w.proj_b);
-        be.grouped_matmul_bwd_gelu(&mut gr.dhe, gw, gb, &gr.dye, &buf.ae, &p[w.proj_w], &buf.he, &r.offsets, e, f, d);
+        be.grouped_matmul_bwd_gelu(
+            &mut gr.dhe,
+            gw,
+            gb,
+            &gr.dye,
+            &buf.ae,
+            &p[w.proj_w],
+            &buf.he,
+            &r.offsets,
+            Grouped { e, k: f, n: d },
+        );
     }
     {
         let (gw, gb) = super::two_mut(g, w.fc_w, w.fc_b);
-        be.grouped_matmul_bwd(&mut gr.dxe, gw, gb, &gr.dhe, &buf.xe, &p[w.fc_w], &r.offsets, e, d, f);
+        be.grouped_matmul_bwd(&mut gr.dxe, gw, gb, &gr.dhe, &buf.xe, &p[w.fc_w], &r.offsets, Grouped { e, k: d, n: f });
     }
     be.zero(dx);
     be.dispatch_bwd(dx, &gr.dxe, r, d);
@@ -197,15 +215,15 @@ pub fn backward<B: Backend>(
     be.router_bwd(&mut gr.dlogits, &gr.dgate, &buf.logits, r, rp, loss_weight);
     match buf.jitter.as_mut().filter(|_| buf.jittered) {
         Some(jb) => {
-            be.matmul_fp32(&mut g[w.router], &jb.u, &gr.dlogits, d, n, e, true, false, true);
-            be.matmul_fp32(scratch, &gr.dlogits, &p[w.router], n, e, d, false, true, false);
+            be.matmul(&mut g[w.router], &jb.u, &gr.dlogits, Gemm::new(d, n, e).ta().add().fp32());
+            be.matmul(scratch, &gr.dlogits, &p[w.router], Gemm::new(n, e, d).tb().fp32());
             // u is dead once the router weight gradient is taken: reuse it.
             be.router_jitter_bwd(&mut jb.u, scratch, &jb.mult);
             be.add_inplace(dx, &jb.u);
         }
         None => {
-            be.matmul_fp32(&mut g[w.router], x, &gr.dlogits, d, n, e, true, false, true);
-            be.matmul_fp32(dx, &gr.dlogits, &p[w.router], n, e, d, false, true, true);
+            be.matmul(&mut g[w.router], x, &gr.dlogits, Gemm::new(d, n, e).ta().add().fp32());
+            be.matmul(dx, &gr.dlogits, &p[w.router], Gemm::new(n, e, d).tb().add().fp32());
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod router;
 
 use rayon::prelude::*;
 
-use super::{AdamW, Backend, RouterParams, Routing};
+use super::{AdamW, AttnShape, Backend, DecodeShape, Gemm, Grouped, RouterParams, Routing};
 use crate::{Error, Result};
 
 /// Rows per chunk in cross-row reductions. Fixed (not derived from the
@@ -171,35 +171,11 @@ impl Backend for Cpu {
         buf.fill(0.0);
     }
 
-    fn matmul(
-        &self,
-        c: &mut Vec<f32>,
-        a: &Vec<f32>,
-        b: &Vec<f32>,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-        accumulate: bool,
-    ) {
+    fn matmul(&self, c: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, g: Gemm) {
+        // f32 for either precision: the CPU is the reference.
+        let (ta, tb, acc) = g.flags();
         let par = self.gemm_par();
-        self.run(|| matmul::matmul(c, a, b, m, k, n, ta, tb, accumulate, par));
-    }
-
-    fn matmul_fp32(
-        &self,
-        c: &mut Vec<f32>,
-        a: &Vec<f32>,
-        b: &Vec<f32>,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-        accumulate: bool,
-    ) {
-        self.matmul(c, a, b, m, k, n, ta, tb, accumulate);
+        self.run(|| matmul::matmul(c, a, b, g.m, g.k, g.n, ta, tb, acc, par));
     }
 
     fn add_bias(&self, out: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, n: usize) {
@@ -217,12 +193,10 @@ impl Backend for Cpu {
         w: &Vec<f32>,
         b: &Vec<f32>,
         offsets: &Vec<i32>,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     ) {
         let par = self.gemm_par();
-        self.run(|| expert::grouped_matmul(out, x, w, b, offsets, e, k, n, par));
+        self.run(|| expert::grouped_matmul(out, x, w, b, offsets, g.e, g.k, g.n, par));
     }
 
     fn grouped_matmul_gelu(
@@ -233,12 +207,10 @@ impl Backend for Cpu {
         w: &Vec<f32>,
         b: &Vec<f32>,
         offsets: &Vec<i32>,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     ) {
         let par = self.gemm_par();
-        self.run(|| expert::grouped_matmul_gelu(pre, act, x, w, b, offsets, e, k, n, par));
+        self.run(|| expert::grouped_matmul_gelu(pre, act, x, w, b, offsets, g.e, g.k, g.n, par));
     }
 
     fn grouped_matmul_bwd(
@@ -250,12 +222,10 @@ impl Backend for Cpu {
         x: &Vec<f32>,
         w: &Vec<f32>,
         offsets: &Vec<i32>,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     ) {
         let par = self.gemm_par();
-        self.run(|| expert::grouped_matmul_bwd(dx, dw, db, dy, x, w, offsets, e, k, n, par));
+        self.run(|| expert::grouped_matmul_bwd(dx, dw, db, dy, x, w, offsets, g.e, g.k, g.n, par));
     }
 
     fn grouped_matmul_bwd_gelu(
@@ -268,12 +238,10 @@ impl Backend for Cpu {
         w: &Vec<f32>,
         pre: &Vec<f32>,
         offsets: &Vec<i32>,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     ) {
         let par = self.gemm_par();
-        self.run(|| expert::grouped_matmul_bwd_gelu(dpre, dw, db, dy, x, w, pre, offsets, e, k, n, par));
+        self.run(|| expert::grouped_matmul_bwd_gelu(dpre, dw, db, dy, x, w, pre, offsets, g.e, g.k, g.n, par));
     }
 
     fn add_inplace(&self, a: &mut Vec<f32>, b: &Vec<f32>) {
@@ -401,25 +369,13 @@ impl Backend for Cpu {
         k_cache: &Vec<f32>,
         v_cache: &Vec<f32>,
         lens: &Vec<i32>,
-        n_seq: usize,
-        h: usize,
-        hd: usize,
-        max_t: usize,
+        s: DecodeShape,
     ) {
-        self.run(|| attention::attention_decode(out, qkv, k_cache, v_cache, lens, n_seq, h, hd, max_t));
+        self.run(|| attention::attention_decode(out, qkv, k_cache, v_cache, lens, s.n_seq, s.h, s.hd, s.max_t));
     }
 
-    fn attention_fwd(
-        &self,
-        out: &mut Vec<f32>,
-        lse: &mut Vec<f32>,
-        qkv: &Vec<f32>,
-        b: usize,
-        t: usize,
-        h: usize,
-        hd: usize,
-    ) {
-        self.run(|| attention::attention_fwd(out, lse, qkv, b, t, h, hd));
+    fn attention_fwd(&self, out: &mut Vec<f32>, lse: &mut Vec<f32>, qkv: &Vec<f32>, s: AttnShape) {
+        self.run(|| attention::attention_fwd(out, lse, qkv, s.b, s.t, s.h, s.hd));
     }
 
     fn attention_bwd(
@@ -429,12 +385,9 @@ impl Backend for Cpu {
         qkv: &Vec<f32>,
         out: &Vec<f32>,
         lse: &Vec<f32>,
-        b: usize,
-        t: usize,
-        h: usize,
-        hd: usize,
+        s: AttnShape,
     ) {
-        self.run(|| attention::attention_bwd(dqkv, dout, qkv, out, lse, b, t, h, hd));
+        self.run(|| attention::attention_bwd(dqkv, dout, qkv, out, lse, s.b, s.t, s.h, s.hd));
     }
 
     fn router_jitter(&self, out: &mut Vec<f32>, mult: &mut Vec<f32>, x: &Vec<f32>, eps: f32, seed: u64) {

@@ -40,7 +40,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
-use super::{AdamW, Backend, RouterParams, Routing};
+use super::{AdamW, AttnShape, Backend, DecodeShape, Gemm, Grouped, Precision, RouterParams, Routing};
 use crate::config::Config;
 use crate::{Error, Result};
 pub use attention::{Shape as AttentionShape, HEAD_DIMS};
@@ -643,19 +643,13 @@ impl Backend for Cuda {
         }
     }
 
-    fn matmul(
-        &self,
-        c: &mut CudaBuf,
-        a: &CudaBuf,
-        b: &CudaBuf,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-        accumulate: bool,
-    ) {
-        matmul::matmul(self, c, a, b, (m, k, n), (ta, tb), accumulate, matmul::Operands::Bf16);
+    fn matmul(&self, c: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, g: Gemm) {
+        let (ta, tb, acc) = g.flags();
+        let operands = match g.precision {
+            Precision::Mixed => matmul::Operands::Bf16,
+            Precision::Fp32 => matmul::Operands::Fp32,
+        };
+        matmul::matmul(self, c, a, b, (g.m, g.k, g.n), (ta, tb), acc, operands);
     }
 
     fn add_bias(&self, out: &mut CudaBuf, bias: &CudaBuf, rows: usize, n: usize) {
@@ -670,18 +664,8 @@ impl Backend for Cuda {
         activation::bias_gelu_fwd(self, pre, out, bias, rows, n);
     }
 
-    fn grouped_matmul(
-        &self,
-        out: &mut CudaBuf,
-        x: &CudaBuf,
-        w: &CudaBuf,
-        b: &CudaBuf,
-        offsets: &CudaIBuf,
-        e: usize,
-        k: usize,
-        n: usize,
-    ) {
-        expert::fwd(self, out, None, [x, w, b], offsets, (e, k, n));
+    fn grouped_matmul(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaBuf, b: &CudaBuf, offsets: &CudaIBuf, g: Grouped) {
+        expert::fwd(self, out, None, [x, w, b], offsets, (g.e, g.k, g.n));
     }
 
     fn grouped_matmul_bwd(
@@ -693,26 +677,9 @@ impl Backend for Cuda {
         x: &CudaBuf,
         w: &CudaBuf,
         offsets: &CudaIBuf,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     ) {
-        expert::bwd(self, [dx, dw, db], [dy, x, w], None, offsets, (e, k, n));
-    }
-
-    fn matmul_fp32(
-        &self,
-        c: &mut CudaBuf,
-        a: &CudaBuf,
-        b: &CudaBuf,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-        accumulate: bool,
-    ) {
-        matmul::matmul(self, c, a, b, (m, k, n), (ta, tb), accumulate, matmul::Operands::Fp32);
+        expert::bwd(self, [dx, dw, db], [dy, x, w], None, offsets, (g.e, g.k, g.n));
     }
 
     fn grouped_matmul_gelu(
@@ -723,11 +690,9 @@ impl Backend for Cuda {
         w: &CudaBuf,
         b: &CudaBuf,
         offsets: &CudaIBuf,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     ) {
-        expert::fwd(self, pre, Some(act), [x, w, b], offsets, (e, k, n));
+        expert::fwd(self, pre, Some(act), [x, w, b], offsets, (g.e, g.k, g.n));
     }
 
     fn grouped_matmul_bwd_gelu(
@@ -740,11 +705,9 @@ impl Backend for Cuda {
         w: &CudaBuf,
         pre: &CudaBuf,
         offsets: &CudaIBuf,
-        e: usize,
-        k: usize,
-        n: usize,
+        g: Grouped,
     ) {
-        expert::bwd(self, [dpre, dw, db], [dy, x, w], Some(pre), offsets, (e, k, n));
+        expert::bwd(self, [dpre, dw, db], [dy, x, w], Some(pre), offsets, (g.e, g.k, g.n));
     }
 
     fn copy_at(&self, dst: &mut CudaBuf, offset: usize, src: &CudaBuf) {
@@ -838,17 +801,8 @@ impl Backend for Cuda {
         embedding::bwd(self, dwte, dwpe, dout, tokens, (b, t, d));
     }
 
-    fn attention_fwd(
-        &self,
-        out: &mut CudaBuf,
-        lse: &mut CudaBuf,
-        qkv: &CudaBuf,
-        b: usize,
-        t: usize,
-        h: usize,
-        hd: usize,
-    ) {
-        attention::fwd(self, out, lse, qkv, attention::Shape { b, t, h, hd, causal: true });
+    fn attention_fwd(&self, out: &mut CudaBuf, lse: &mut CudaBuf, qkv: &CudaBuf, s: AttnShape) {
+        attention::fwd(self, out, lse, qkv, attention::Shape { b: s.b, t: s.t, h: s.h, hd: s.hd, causal: true });
     }
 
     fn attention_bwd(
@@ -858,12 +812,10 @@ impl Backend for Cuda {
         qkv: &CudaBuf,
         out: &CudaBuf,
         lse: &CudaBuf,
-        b: usize,
-        t: usize,
-        h: usize,
-        hd: usize,
+        s: AttnShape,
     ) {
-        attention::bwd(self, dqkv, dout, qkv, out, lse, attention::Shape { b, t, h, hd, causal: true });
+        let shape = attention::Shape { b: s.b, t: s.t, h: s.h, hd: s.hd, causal: true };
+        attention::bwd(self, dqkv, dout, qkv, out, lse, shape);
     }
 
     fn embedding_at(
@@ -899,12 +851,9 @@ impl Backend for Cuda {
         k_cache: &CudaBuf,
         v_cache: &CudaBuf,
         lens: &CudaIBuf,
-        n_seq: usize,
-        h: usize,
-        hd: usize,
-        max_t: usize,
+        s: DecodeShape,
     ) {
-        attention::decode(self, out, qkv, k_cache, v_cache, lens, (n_seq, h, hd, max_t));
+        attention::decode(self, out, qkv, k_cache, v_cache, lens, (s.n_seq, s.h, s.hd, s.max_t));
     }
 
     fn router_jitter(&self, out: &mut CudaBuf, mult: &mut CudaBuf, x: &CudaBuf, eps: f32, seed: u64) {
