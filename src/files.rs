@@ -19,7 +19,6 @@ pub const LOCK: &str = ".lock";
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl DirLock {
@@ -60,12 +59,7 @@ impl DirLock {
         let note = format!("pid {}\ncommand: {}\n", std::process::id(), args.join(" "));
         let write = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(note.as_bytes()));
         write.map_err(|e| Error::io(&path, e))?;
-        Ok(DirLock { _file: file, path })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(DirLock { _file: file })
     }
 }
 

@@ -438,9 +438,7 @@ pub fn point_state(p: &Point, dir: &Path) -> PointState {
         .ok()
         .and_then(|t| serde_json::from_str::<TrainSummary>(&t).ok());
     match summary {
-        Some(s) if !s.interrupted && s.steps >= p.cfg.train.steps as u64 && s.final_loss.is_finite() => {
-            PointState::Done(Box::new(s))
-        }
+        Some(s) if s.is_complete() && s.steps >= p.cfg.train.steps as u64 => PointState::Done(Box::new(s)),
         _ if crate::train::checkpoint::resolve_resume(dir).is_ok() => PointState::Partial(dir.to_path_buf()),
         _ => PointState::New,
     }

@@ -1,41 +1,14 @@
 //! The `switchyard` binary: config, train, eval, resume, Ctrl-C, and the
 //! error messages a user sees for bad flags.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::cli::{args, run, sets, stderr, wait_for_lines, BIN};
 use switchyard::Config;
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// Overrides that make a run take well under a second.
-const SMALL: &[&str] = &[
-    "model.n_layer=2",
-    "model.d_model=32",
-    "model.n_head=2",
-    "model.d_ff=64",
-    "model.max_seq_len=32",
-    "train.seq_len=32",
-    "train.batch_size=4",
-    "train.eval_batches=2",
-];
-
-fn sets(extra: &[&str]) -> Vec<String> {
-    SMALL.iter().chain(extra).flat_map(|s| ["--set".to_string(), s.to_string()]).collect()
-}
-
-fn run(args: &[String]) -> Output {
-    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("binary runs")
-}
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 #[test]
 fn config_command_prints_a_parsable_commented_preset() {
@@ -118,17 +91,6 @@ fn bad_flags_get_clear_errors() {
     }
     let r = run(&args(&["train", "--no-such-flag"]));
     assert_eq!(r.status.code(), Some(2));
-}
-
-fn wait_for_lines(path: &Path, n: usize, timeout: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if std::fs::read_to_string(path).map(|s| s.lines().count() >= n).unwrap_or(false) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]

@@ -27,45 +27,7 @@ use switchyard::train::optimizer::Optimizer;
 use switchyard::train::{self, checkpoint, TrainOptions};
 use switchyard::{Config, Error};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// A model that trains a step in milliseconds (about 660 KiB per checkpoint).
-const SMALL: &[&str] = &[
-    "model.n_layer=2",
-    "model.d_model=32",
-    "model.n_head=2",
-    "model.d_ff=64",
-    "model.max_seq_len=32",
-    "train.seq_len=32",
-    "train.batch_size=4",
-    "train.eval_batches=2",
-];
-
-fn sets(extra: &[&str]) -> Vec<String> {
-    SMALL.iter().chain(extra).flat_map(|s| ["--set".to_string(), s.to_string()]).collect()
-}
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-fn cmd(a: &[String]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(a).stdin(Stdio::null());
-    c
-}
-
-fn run(a: &[String]) -> Output {
-    cmd(a).output().expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::cli::{args, cmd, run, sets, stderr, stdout, wait_for_lines, BIN, SMALL};
 
 /// `train --quiet --out DIR` with the small model and `extra` overrides.
 fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
@@ -128,17 +90,6 @@ fn tensor_bits(ckpt: &Path, cfg: &Config) -> Vec<Vec<u32>> {
     let ck = checkpoint::load(ckpt, cfg, true).unwrap();
     let (m, v) = ck.moments.unwrap();
     ck.params.iter().chain(&m).chain(&v).map(|t| t.iter().map(|x| x.to_bits()).collect()).collect()
-}
-
-fn wait_for_lines(path: &Path, n: usize, timeout: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if std::fs::read_to_string(path).map(|s| s.lines().count() >= n).unwrap_or(false) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 fn small_cfg(extra: &[&str]) -> Config {

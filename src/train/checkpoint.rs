@@ -524,15 +524,11 @@ pub fn read_step(dir: &Path) -> Result<u64> {
 pub fn load(dir: &Path, expect: &Config, with_optimizer: bool) -> Result<Checkpoint> {
     let path = dir.join("model.safetensors");
     let l = Loaded::read(&path)?;
-    let (st, meta) = l.parse(&path)?;
-    let stored = config_from_meta(&meta, &path)?;
-    check_model(&stored, expect, dir)?;
-    let step = step_from_meta(&meta, &path)?;
+    let (st, stored, step) = open_model(&l, &path, expect, dir)?;
     let copies = if with_optimizer { 3 } else { 1 };
-    let need = crate::memory::estimate(expect, crate::memory::Purpose::Weights)?;
     let host = crate::memory::Estimate::single(
         format!("{} as host tensors", dir.display()),
-        need.parts.iter().find(|p| p.what == "parameters").map_or(0, |p| p.bytes).saturating_mul(copies),
+        crate::memory::param_count(expect)?.saturating_mul(4 * copies),
         "the model size",
     );
     crate::memory::check(&host, crate::memory::host_available(), "reading the checkpoint", "the host")?;
@@ -608,10 +604,7 @@ pub fn restore_from<B: Backend>(
 ) -> Result<CheckpointInfo> {
     let path = dir.join("model.safetensors");
     let l = Loaded::read(&path)?;
-    let (st, meta) = l.parse(&path)?;
-    let stored = config_from_meta(&meta, &path)?;
-    check_model(&stored, expect, dir)?;
-    let step = step_from_meta(&meta, &path)?;
+    let (st, stored, step) = open_model(&l, &path, expect, dir)?;
     let specs = &model.table.specs;
     for s in specs {
         check_tensor(&st, &s.name, &s.shape, &path)?;
@@ -663,6 +656,17 @@ fn rng_from_meta(meta: &HashMap<String, String>, path: &Path) -> Result<RngState
     meta.get("rng")
         .and_then(|r| serde_json::from_str(r).ok())
         .ok_or_else(|| Error::Checkpoint(format!("{} has no valid `rng` metadata", path.display())))
+}
+
+/// The verified contents of a checkpoint's `model.safetensors` at `path`:
+/// its tensors, its stored config (whose model section must match
+/// `expect`'s) and its step.
+fn open_model<'a>(l: &'a Loaded, path: &Path, expect: &Config, dir: &Path) -> Result<(SafeTensors<'a>, Config, u64)> {
+    let (st, meta) = l.parse(path)?;
+    let stored = config_from_meta(&meta, path)?;
+    check_model(&stored, expect, dir)?;
+    let step = step_from_meta(&meta, path)?;
+    Ok((st, stored, step))
 }
 
 /// Refuse a checkpoint whose model section differs from the config's.

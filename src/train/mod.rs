@@ -83,6 +83,14 @@ pub struct TrainSummary {
     pub losses: Vec<f64>,
 }
 
+impl TrainSummary {
+    /// The summary of a run that trained to its end: not interrupted, with a
+    /// final loss (a summary written over a NaN run holds nulls).
+    pub fn is_complete(&self) -> bool {
+        !self.interrupted && self.final_loss.is_finite()
+    }
+}
+
 /// Token ids for the backend (i32); `Config::validate` keeps `vocab_size`
 /// within `i32`, and the data checks every id against it.
 fn to_i32(v: &[u32]) -> Vec<i32> {
@@ -172,7 +180,7 @@ fn same_path(a: &Path, b: &Path) -> bool {
 fn finished_summary(out: &Path, step: u64) -> Option<TrainSummary> {
     let text = std::fs::read_to_string(out.join("summary.json")).ok()?;
     let s: TrainSummary = serde_json::from_str(&text).ok()?;
-    (!s.interrupted && s.steps == step && s.final_loss.is_finite()).then_some(s)
+    (s.is_complete() && s.steps == step).then_some(s)
 }
 
 /// Where a training invocation starts from.
